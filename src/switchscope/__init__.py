@@ -1,0 +1,36 @@
+"""switchscope: ferroelectric switching spectroscopy, from raw BEPS loops to switching mechanisms."""
+
+from ._config import STAGE_CONFIGS, StageConfig, load_config
+from ._dataset import CHANNELS, make_dataset
+from ._errors import (
+    ConfigError,
+    ConvergenceWarning,
+    DataError,
+    DataWarning,
+    FormatError,
+    NotFittedError,
+    OutputError,
+    SwitchscopeError,
+)
+from ._grid import flatten, unflatten
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CHANNELS",
+    "STAGE_CONFIGS",
+    "ConfigError",
+    "ConvergenceWarning",
+    "DataError",
+    "DataWarning",
+    "FormatError",
+    "NotFittedError",
+    "OutputError",
+    "StageConfig",
+    "SwitchscopeError",
+    "flatten",
+    "load_config",
+    "make_dataset",
+    "unflatten",
+    "__version__",
+]

@@ -1,0 +1,97 @@
+"""Construction and checks of the switchscope data model (DESIGN section 3).
+
+A measurement is an ``xarray.Dataset`` with dims ``(row, col, step)``, one variable per channel,
+a ``voltage`` coordinate on ``step`` and units in attrs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import xarray as xr
+
+from ._errors import DataError
+
+#: Channel names and their units.
+CHANNELS: dict[str, str] = {
+    "piezoresponse": "a.u.",
+    "amplitude": "a.u.",
+    "phase": "deg",
+    "resonance": "kHz",
+    "quality_factor": "1",
+}
+
+
+def check_channel(name: str) -> str:
+    if name not in CHANNELS:
+        raise DataError(f"unknown channel {name!r}; valid channels are: {', '.join(CHANNELS)}")
+    return name
+
+
+def check_voltage(voltage: Any, n_steps: int) -> np.ndarray:
+    """Voltage as a finite 1-D float array of length ``n_steps``."""
+    v = np.asarray(voltage, dtype=float).ravel()
+    if v.size != n_steps:
+        raise DataError(
+            f"the voltage has {v.size} values but the data has {n_steps} steps; "
+            "give one voltage per step"
+        )
+    if not np.all(np.isfinite(v)):
+        raise DataError("the voltage holds NaN or Inf values; give a finite voltage for every step")
+    return v
+
+
+def make_dataset(channels: Mapping[str, Any], voltage: Any, *, attrs: Mapping[str, Any] | None = None,
+                 channel_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> xr.Dataset:
+    """Build a Dataset from ``{channel: array (rows, cols, steps)}`` and a voltage per step.
+
+    Parameters
+    ----------
+    channels : mapping of str to array of shape (rows, cols, steps)
+        Channel arrays; names from :data:`CHANNELS`.
+    voltage : array of shape (steps,)
+        DC voltage at each step, in volts.
+    attrs : mapping, optional
+        Dataset attributes (source file, notes).
+    channel_attrs : mapping, optional
+        Extra attributes per channel (e.g. ``{"resonance": {"normalized": 1}}``).
+    """
+    if not channels:
+        raise DataError("no channel found in the data; give at least one of: " + ", ".join(CHANNELS))
+    shape = None
+    data_vars = {}
+    for name, arr in channels.items():
+        check_channel(name)
+        arr = np.asarray(arr, dtype=float)
+        if arr.ndim != 3:
+            raise DataError(
+                f"channel {name!r} has shape {arr.shape}; expected (rows, cols, steps) "
+                "(give --grid ROWSxCOLS for (pixels, steps) data)"
+            )
+        if shape is None:
+            shape = arr.shape
+        elif arr.shape != shape:
+            raise DataError(f"channel {name!r} has shape {arr.shape} but another has {shape}; "
+                            "all channels must share one grid")
+        a = {"units": CHANNELS[name], "long_name": name.replace("_", " ")}
+        a.update((channel_attrs or {}).get(name, {}))
+        data_vars[name] = xr.DataArray(arr, dims=("row", "col", "step"), attrs=a)
+    assert shape is not None
+    v = check_voltage(voltage, shape[2])
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "row": np.arange(shape[0]),
+            "col": np.arange(shape[1]),
+            "step": np.arange(shape[2]),
+            "voltage": ("step", v, {"units": "V", "long_name": "DC voltage"}),
+        },
+        attrs=dict(attrs or {}),
+    )
+    return ds
+
+
+def channels_in(ds: xr.Dataset) -> list[str]:
+    """Measurement channels present in ``ds``, in the canonical order."""
+    return [c for c in CHANNELS if c in ds.data_vars]
