@@ -137,6 +137,11 @@ class StageConfig:
 
 def load_config(path: str | Path) -> dict[str, StageConfig]:
     """Read a TOML file into ``{section: StageConfig}`` for every section it names."""
+    return configs_from_mapping(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw tables of a TOML config file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; give the path of a TOML file")
@@ -144,7 +149,7 @@ def load_config(path: str | Path) -> dict[str, StageConfig]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML ({exc}); fix its syntax") from None
-    return configs_from_mapping(raw)
+    return raw
 
 
 def configs_from_mapping(raw: dict[str, Any]) -> dict[str, StageConfig]:

@@ -34,6 +34,9 @@ class RunContext:
     device: str = "auto"
     pretrained: str | None = None
     progress: bool = True
+    #: In-memory objects handed from one stage to a later one (e.g. ``decoder_<channel>``, a
+    #: callable ``(n, n_neurons) -> (n, n_steps)`` in the units of ``<channel>_clean``).
+    artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def figures(self) -> Path:

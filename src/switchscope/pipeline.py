@@ -1,0 +1,254 @@
+"""The ``switchscope run`` pipeline: stages in order, each a function from Dataset to Dataset.
+
+A stage is ``stage(ds, config, ctx) -> ds``; its configuration is the dataclass registered under
+the stage's section name (see :mod:`switchscope._config`). The run writes into a temporary folder
+beside the output and renames it into place only when every stage has finished, so a failed or
+interrupted run never destroys earlier results and never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import xarray as xr
+
+from ._config import STAGE_CONFIGS, StageConfig
+from ._context import RunContext
+from ._dataset import channels_in
+from ._errors import ConfigError, OutputError
+
+#: Stage name -> (module, function). The order is the order of a run.
+STAGES: dict[str, tuple[str, str]] = {
+    "clean": ("switchscope.preprocess", "stage"),
+    "loops": ("switchscope.loops", "stage"),
+    "decomposition": ("switchscope.decomposition", "stage"),
+    "autoencoder": ("switchscope.autoencoder.stage", "stage"),
+    "interpret": ("switchscope.interpret", "interpret_stage"),
+    "report": ("switchscope.report", "report_stage"),
+}
+
+StageFn = Callable[[xr.Dataset, StageConfig, RunContext], xr.Dataset]
+
+
+def stage_function(name: str) -> StageFn:
+    """The function of stage ``name`` (imported on first use)."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    module, attr = STAGES[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def stage_config(name: str, configs: Mapping[str, StageConfig]) -> StageConfig:
+    """The configuration of stage ``name``: the one given, else the stage's defaults."""
+    if name in configs:
+        return configs[name]
+    stage_function(name)  # importing the stage's module registers its config class
+    if name not in STAGE_CONFIGS:
+        raise ConfigError(f"stage {name!r} has no registered configuration")
+    return STAGE_CONFIGS[name]()
+
+
+def parse_stages(spec: str | None) -> list[str]:
+    """``"clean,loops"`` -> ``["clean", "loops"]`` in run order; None -> every stage."""
+    if not spec:
+        return list(STAGES)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)} in --stages; stages are: {', '.join(STAGES)}")
+    return [n for n in STAGES if n in names]
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries whose numbers a result depends on."""
+    import h5py
+    import numpy
+    import scipy
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {
+        "switchscope": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "xarray": xr.__version__,
+        "h5py": h5py.__version__,
+        "scikit-learn": sklearn.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON to a temporary name, then rename (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def prepare_output(out: Path, force: bool) -> Path:
+    """Check that ``out`` may be written; return the temporary folder to build it in."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {str(out)!r} exists and is not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise OutputError(
+            f"output folder {str(out)!r} already exists; pass --force to replace it, or choose another --out"
+        )
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise OutputError(f"the folder {str(parent)!r} for --out does not exist; create it first")
+    work = parent / f".{out.name}.partial-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    return work
+
+
+def commit_output(work: Path, out: Path) -> None:
+    """Move the finished run folder into place, replacing an old one only now."""
+    out = Path(out)
+    backup = None
+    if out.exists():
+        backup = out.resolve().parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, backup)
+    os.replace(work, out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _write_results(ds: xr.Dataset, ctx: RunContext, names: list[str],
+                   configs: Mapping[str, StageConfig], t_all: float, write_data: bool = True) -> None:
+    from .io import save
+
+    ctx.summary["configs"] = {n: stage_config(n, configs).to_dict() for n in names}
+    ctx.summary["timings_s"]["total"] = round(time.perf_counter() - t_all, 3)
+    if write_data:
+        save(ds, ctx.workdir / "results.nc")
+    write_json(ctx.summary, ctx.workdir / "summary.json")
+
+
+def load_data(data: xr.Dataset | str | Path | None, configs: Mapping[str, StageConfig],
+              load_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """The run's input: a Dataset as given, a file read by :func:`switchscope.io.load`, or, with
+    ``data=None``, the embedded synthetic dataset configured by the ``[synthetic]`` section."""
+    if isinstance(data, xr.Dataset):
+        return data
+    if data is None:
+        from .synthetic import make_dataset
+
+        return make_dataset(**stage_config_synthetic(configs).to_dict())
+    from .io import load
+
+    return load(data, **dict(load_options or {}))
+
+
+def stage_config_synthetic(configs: Mapping[str, StageConfig]) -> StageConfig:
+    if "synthetic" in configs:
+        return configs["synthetic"]
+    importlib.import_module("switchscope.synthetic")
+    return STAGE_CONFIGS["synthetic"]()
+
+
+def run(
+    data: xr.Dataset | str | Path | None,
+    out: str | Path,
+    *,
+    configs: Mapping[str, StageConfig] | None = None,
+    stages: list[str] | None = None,
+    force: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    pretrained: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    load_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Run the stages over ``ds`` and write ``OUT/results.nc``, ``OUT/summary.json`` and the report.
+
+    Parameters
+    ----------
+    data : xarray.Dataset, path or None
+        A measurement (dims ``row, col, step``), a file to load, or None for the embedded
+        synthetic dataset.
+    out : path
+        Output folder. Must not exist (or be empty) unless ``force``.
+    configs : mapping of section name to StageConfig, optional
+        Per-stage configuration; missing stages use their defaults.
+    stages : list of str, optional
+        Stages to run (default: all, in order).
+
+    Returns
+    -------
+    xarray.Dataset
+        The input with every stage's results added.
+    """
+    configs = dict(configs or {})
+    names = list(STAGES) if stages is None else stages
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    work = prepare_output(out, force)
+    try:
+        t0 = time.perf_counter()
+        ds = load_data(data, configs, load_options)
+        load_seconds = time.perf_counter() - t0
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    ctx = RunContext(workdir=work, seed=seed, device=device, pretrained=pretrained, progress=progress)
+    ctx.summary["dataset"] = {
+        "source": str(ds.attrs.get("source", "synthetic")),
+        "grid": [int(ds.sizes.get("row", 0)), int(ds.sizes.get("col", 0))],
+        "n_steps": int(ds.sizes.get("step", 0)),
+        "channels": channels_in(ds),
+    }
+    timings: dict[str, float] = {"load": round(load_seconds, 3)}
+    ctx.summary["timings_s"] = timings
+    ctx.summary["versions"] = versions()
+    try:
+        t_all = time.perf_counter()
+        for i, name in enumerate(names, 1):
+            fn = stage_function(name)
+            cfg = stage_config(name, configs)
+            log(f"[{i}/{len(names)}] {name} ...")
+            t0 = time.perf_counter()
+            if name == "report":
+                # The page is built from the written results, so they go to disk first.
+                _write_results(ds, ctx, names, configs, t_all)
+            ds = fn(ds, cfg, ctx)
+            timings[name] = round(time.perf_counter() - t0, 3)
+            log(f"[{i}/{len(names)}] {name} done in {timings[name]:.1f} s")
+        _write_results(ds, ctx, names, configs, t_all, write_data="report" not in names)
+        commit_output(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"results written to {out}/ (results.nc, summary.json"
+        + (", report/index.html)" if "report" in names else ")"))
+    return ds
