@@ -13,6 +13,7 @@ from ._errors import (
     SwitchscopeError,
 )
 from ._grid import flatten, unflatten
+from .io import describe, load, paper_voltage, save
 
 __version__ = "0.1.0"
 
@@ -32,5 +33,9 @@ __all__ = [
     "load_config",
     "make_dataset",
     "unflatten",
+    "describe",
+    "load",
+    "paper_voltage",
+    "save",
     "__version__",
 ]

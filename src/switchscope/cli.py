@@ -27,38 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- option parsing helpers --------------------------------------------------------------------
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """``"60x60"`` -> ``(60, 60)``."""
-    if text is None:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        rows, cols = (int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"--grid must look like ROWSxCOLS (e.g. 60x60), got {text!r}") from None
-    if rows < 1 or cols < 1:
-        raise ConfigError(f"--grid must have positive rows and cols, got {text!r}")
-    return rows, cols
-
-
-def parse_voltage(text: str | None) -> Any:
-    """``"paper"``, a ``.npy`` file, or a text file of numbers -> what :func:`io.load` takes."""
-    if text is None or text == "paper":
-        return text
-    path = Path(text)
-    if not path.is_file():
-        raise DataError(f"voltage file {text!r} does not exist; give a .npy or text file, or 'paper'")
-    import numpy as np
-
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        return np.loadtxt(path, dtype=float).ravel()
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read voltages from {text!r} ({exc}); give one number per step") from None
-
-
 def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    from .io import parse_grid, parse_voltage
+
     opts: dict[str, Any] = {}
     if getattr(args, "channel", None):
         opts["channel"] = args.channel
@@ -147,7 +118,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     configs = _configs(args, {"synthetic": {"rows": args.rows, "cols": args.cols, "seed": args.seed}})
     cfg = configs.get("synthetic") or STAGE_CONFIGS["synthetic"]()
     ds = make_dataset(**cfg.to_dict())
-    save(ds, out)
+    save(ds, out, overwrite=args.force)
     print(f"wrote {out} ({ds.sizes['row']}x{ds.sizes['col']} pixels, {ds.sizes['step']} steps)")
     return 0
 
@@ -169,7 +140,7 @@ def cmd_fit_loops(args: argparse.Namespace) -> int:
     configs = _configs(args, {"loops": {"model": args.model}})
     ds = load(args.data, **_load_options(args))
     ds = fit_loops_dataset(ds, configs.get("loops") or STAGE_CONFIGS["loops"]())
-    save(ds, out)
+    save(ds, out, overwrite=args.force)
     print(f"wrote {out}")
     return 0
 
@@ -183,7 +154,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     configs = _configs(args)
     ds = load(args.data, **_load_options(args))
     ds = decompose_dataset(ds, configs.get("decomposition") or STAGE_CONFIGS["decomposition"]())
-    save(ds, out)
+    save(ds, out, overwrite=args.force)
     print(f"wrote {out}")
     return 0
 

@@ -160,6 +160,10 @@ def load_data(data: xr.Dataset | str | Path | None, configs: Mapping[str, StageC
     ``data=None``, the embedded synthetic dataset configured by the ``[synthetic]`` section."""
     if isinstance(data, xr.Dataset):
         return data
+    if data is None and getattr(configs.get("data"), "path", None):
+        from .io import load_data as load_from_config
+
+        return load_from_config(configs["data"])
     if data is None:
         from .synthetic import make_dataset
 

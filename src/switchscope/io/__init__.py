@@ -1,0 +1,36 @@
+"""Readers and writers: :func:`load` any supported file by its content, :func:`save` results as
+NetCDF (atomically), :func:`describe` a Dataset as text.
+
+Formats read (detected from the bytes, never the suffix alone): MATLAB v5/v7 and v7.3 ``.mat``
+with the paper's variable names, NumPy ``.npy``/``.npz`` with an explicit voltage and grid, and
+NetCDF written by :func:`save`.
+"""
+
+from ._base import PAPER_KEYS, Reader
+from ._load import READERS, find_reader, load
+from .config import DataConfig, load_data, parse_grid, parse_voltage
+from .describe import describe
+from .matlab import MatV5Reader, MatV73Reader
+from .netcdf import NetCDFReader, save
+from .npy import NpyReader, NpzReader
+from .waveform import paper_voltage
+
+__all__ = [
+    "PAPER_KEYS",
+    "READERS",
+    "DataConfig",
+    "MatV5Reader",
+    "MatV73Reader",
+    "NetCDFReader",
+    "NpyReader",
+    "NpzReader",
+    "Reader",
+    "describe",
+    "find_reader",
+    "load",
+    "load_data",
+    "paper_voltage",
+    "parse_grid",
+    "parse_voltage",
+    "save",
+]

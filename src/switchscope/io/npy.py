@@ -1,0 +1,93 @@
+"""NumPy ``.npy`` and ``.npz`` files with an explicit voltage and grid."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .._errors import DataError, FormatError
+from ._base import NUMPY_MAGIC, ZIP_MAGIC, PathLike, Reader, assemble, oneline, read_head
+
+
+def _np_load(path: PathLike) -> Any:
+    fname = Path(path).name
+    try:
+        # Never unpickle: a file is data, not code.
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(
+                f"'{fname}' holds Python objects (pickle), which switchscope refuses to load; "
+                "save a numeric array (np.save(path, np.asarray(x, dtype=float)))"
+            ) from None
+        raise FormatError(f"'{fname}' is a damaged NumPy file ({oneline(exc)}); save it again") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise FormatError(f"'{fname}' is a damaged NumPy file ({oneline(exc)}); save it again") from None
+
+
+class NpyReader(Reader):
+    """A single ``.npy`` array of shape (rows, cols, steps) or (pixels, steps).
+
+    Options: ``channel`` (default piezoresponse), ``voltage`` (array or ``"paper"``, required),
+    ``grid=(rows, cols)`` (required for 2-D data), ``normalized``.
+    """
+
+    name = "npy"
+    description = "NumPy .npy"
+    options = frozenset({"channel", "voltage", "grid", "normalized"})
+
+    def guess_can_open(self, path: PathLike) -> bool:
+        return read_head(path, len(NUMPY_MAGIC)) == NUMPY_MAGIC
+
+    def open(self, path: PathLike, **options: Any) -> xr.Dataset:
+        arr = _np_load(path)
+        if arr.dtype.kind == "O":  # belt and braces: np.load already refuses these
+            raise DataError(f"'{Path(path).name}' holds Python objects; save a numeric array")
+        # a neutral name, so the channel comes from the channel option and never from the file name
+        return assemble(["array"], lambda _key: arr, path, self.name, **options)
+
+
+class NpzReader(Reader):
+    """A ``.npz`` archive: arrays named after channels (or the paper's MATLAB names) and an
+    optional ``voltage`` array; a single unnamed array takes ``channel`` (default piezoresponse).
+
+    Options: ``channel`` (select one channel, or name the single array), ``voltage`` (overrides
+    the archive's), ``grid`` (for 2-D arrays), ``normalized``, ``keys`` ({array name: channel}).
+    """
+
+    name = "npz"
+    description = "NumPy .npz"
+    options = frozenset({"channel", "voltage", "grid", "normalized", "keys"})
+
+    def guess_can_open(self, path: PathLike) -> bool:
+        if read_head(path, len(ZIP_MAGIC)) != ZIP_MAGIC:
+            return False
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+        # any zip is not an npz: np.savez writes only <name>.npy members
+        return bool(members) and all(m.endswith(".npy") for m in members)
+
+    def open(self, path: PathLike, **options: Any) -> xr.Dataset:
+        with _np_load(path) as npz:
+            names = list(npz.files)
+
+            def get(key: str) -> np.ndarray:
+                try:
+                    return npz[key]
+                except ValueError as exc:
+                    if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                        raise DataError(
+                            f"array {key!r} of '{Path(path).name}' holds Python objects (pickle), which "
+                            "switchscope refuses to load; save numeric arrays"
+                        ) from None
+                    raise FormatError(f"array {key!r} of '{Path(path).name}' is damaged "
+                                      f"({oneline(exc)}); save it again") from None
+
+            return assemble(names, get, path, self.name, **options)
