@@ -14,11 +14,20 @@ from ._errors import (
 )
 from ._grid import flatten, unflatten
 from .io import describe, load, paper_voltage, save
+from .preprocess import CleanConfig, clean, denormalize, normalize
+from .synthetic import SyntheticConfig
+from .synthetic import make_dataset as make_synthetic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CHANNELS",
+    "CleanConfig",
+    "SyntheticConfig",
+    "clean",
+    "denormalize",
+    "make_synthetic",
+    "normalize",
     "STAGE_CONFIGS",
     "ConfigError",
     "ConvergenceWarning",

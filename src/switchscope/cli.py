@@ -86,14 +86,16 @@ def _check_out_file(path: Path, force: bool) -> None:
         raise OutputError(f"the folder of {str(path)!r} does not exist; create it first")
 
 
+def _synthetic_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"rows": args.rows, "cols": args.cols, "seed": args.seed, "noise": args.noise,
+            "artifacts": False if args.no_artifacts else None}
+
+
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import parse_stages, run
 
-    overrides = {"synthetic": {"rows": args.rows, "cols": args.cols}}
-    if args.seed is not None:
-        overrides["synthetic"]["seed"] = args.seed
-    configs = _configs(args, overrides)
+    configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
     run(
         args.data,
         args.out,
@@ -115,7 +117,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_out_file(out, args.force)
-    configs = _configs(args, {"synthetic": {"rows": args.rows, "cols": args.cols, "seed": args.seed}})
+    configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
     cfg = configs.get("synthetic") or STAGE_CONFIGS["synthetic"]()
     ds = make_dataset(**cfg.to_dict())
     save(ds, out, overwrite=args.force)
@@ -191,6 +193,13 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="named preset for every stage that has it (e.g. 'paper')")
 
 
+def _add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int, default=None, help="synthetic dataset rows (default 60)")
+    p.add_argument("--cols", type=int, default=None, help="synthetic dataset cols (default 60)")
+    p.add_argument("--noise", type=float, default=None, help="synthetic noise level")
+    p.add_argument("--no-artifacts", action="store_true", help="synthetic data without spikes and NaN/Inf")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -208,16 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-dir", metavar="DIR", help="folder of the published Keras networks")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--seed", type=int, default=None, help="one seed for everything (default 0)")
-    p.add_argument("--rows", type=int, default=None, help="synthetic dataset rows (no --data)")
-    p.add_argument("--cols", type=int, default=None, help="synthetic dataset cols (no --data)")
+    _add_synthetic_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="write the synthetic dataset to a NetCDF file")
     p.add_argument("--out", required=True, metavar="FILE.nc")
-    p.add_argument("--rows", type=int, default=None)
-    p.add_argument("--cols", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    _add_synthetic_options(p)
     p.add_argument("--force", action="store_true", help="replace an existing file")
     _add_config_options(p)
     p.set_defaults(func=cmd_synth)
@@ -265,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SwitchscopeError as exc:
         print(f"switchscope: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head`
+        return 0
     except OSError as exc:  # permissions, full disk: the user's to fix, not a bug
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"switchscope: error: {exc.strerror or exc}{where}; check the path and its permissions",

@@ -32,8 +32,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "decomposition": ("switchscope.decomposition", "stage"),
     "autoencoder": ("switchscope.autoencoder.stage", "stage"),
     "interpret": ("switchscope.interpret", "interpret_stage"),
+    "score": ("switchscope.synthetic", "score_stage"),
     "report": ("switchscope.report", "report_stage"),
 }
+
+#: Stages whose configuration section has another name than the stage.
+SECTIONS: dict[str, str] = {"score": "synthetic"}
 
 StageFn = Callable[[xr.Dataset, StageConfig, RunContext], xr.Dataset]
 
@@ -48,12 +52,13 @@ def stage_function(name: str) -> StageFn:
 
 def stage_config(name: str, configs: Mapping[str, StageConfig]) -> StageConfig:
     """The configuration of stage ``name``: the one given, else the stage's defaults."""
-    if name in configs:
-        return configs[name]
+    section = SECTIONS.get(name, name)
+    if section in configs:
+        return configs[section]
     stage_function(name)  # importing the stage's module registers its config class
-    if name not in STAGE_CONFIGS:
+    if section not in STAGE_CONFIGS:
         raise ConfigError(f"stage {name!r} has no registered configuration")
-    return STAGE_CONFIGS[name]()
+    return STAGE_CONFIGS[section]()
 
 
 def parse_stages(spec: str | None) -> list[str]:
@@ -215,7 +220,7 @@ def run(
     """
     configs = dict(configs or {})
     names = list(STAGES) if stages is None else stages
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or (lambda msg: print(msg, flush=True))
     out = Path(out)
     work = prepare_output(out, force)
     try:
