@@ -1,0 +1,584 @@
+"""The offline HTML report: one page, every script and style inlined, figures beside it.
+
+``build_report(outdir)`` rebuilds ``OUT/report/index.html`` from ``OUT/results.nc`` (and
+``OUT/summary.json`` when present) without recomputing anything; :func:`report_stage` does the same
+inside a run. Each section appears only when its variables or figures exist, so the page builds from
+whatever a run produced. Text taken from data files (names, attrs) is escaped with
+:func:`html.escape`; the explorer's JSON is embedded with ``<``, ``>`` and ``&`` written as
+``\\u003c``, ``\\u003e`` and ``\\u0026`` so no string in it can close the ``<script>`` element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import html
+import json
+import math
+import os
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import xarray as xr
+
+from .._config import StageConfig, register
+from .._context import RunContext
+from .._dataset import CHANNELS
+from .._errors import DataError
+from . import figures
+
+__all__ = ["ReportConfig", "build_report", "explorer_payload", "report_stage", "write_report"]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+#: Figure groups: section id, heading, file-name prefixes. A PNG goes to the first group whose
+#: prefix starts its name ("pca.png", "pca_scores.png" and "pcab.png" all go to "pca"), so the
+#: helpers' own figures land in their section whatever suffix they chose.
+GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("cleaning", "Cleaning", ("clean", "preprocess")),
+    ("synthetic", "Synthetic ground truth", ("synthetic", "truth")),
+    ("loops", "Loop fits", ("loop",)),
+    ("decomposition", "Linear baselines: PCA, NMF, clusters", ("decomposition", "pca", "nmf", "cluster", "kmeans")),
+    ("autoencoder", "Autoencoder training", ("autoencoder", "training", "train", "learning_curve")),
+    ("reconstruction", "Reconstruction error", ("reconstruction",)),
+    ("embedding", "Embedding maps", ("embedding",)),
+    ("cross", "Cross-channel generation", ("generated_piezoresponse_from_", "cross")),
+    ("generated", "Generated loops per neuron", ("generated", "generator")),
+)
+
+
+def _group_of(name: str) -> str | None:
+    for gid, _, prefixes in GROUPS:
+        if name.startswith(prefixes):
+            return gid
+    return None
+
+
+@register("report")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReportConfig(StageConfig):
+    """Options of the ``report`` stage.
+
+    Attributes
+    ----------
+    title : str
+        Page title.
+    max_explorer_pixels : int
+        Largest number of pixels whose curves are embedded for the explorer; larger grids are
+        subsampled with one stride along rows and columns (the page says so).
+    explorer_digits : int
+        Significant digits kept (of each variable's half range) in the embedded curves and maps.
+    explorer_channels : tuple of str
+        Channels whose per-pixel curves the explorer embeds (each costs about 1.9 MB per curve
+        kind for 60 x 60 x 96); the first present one is used when none of them is.
+    """
+
+    title: str = "switchscope report"
+    max_explorer_pixels: int = 10000
+    explorer_digits: int = 4
+    explorer_channels: tuple[str, ...] = ("piezoresponse", "resonance")
+
+    def validate(self) -> None:
+        if not isinstance(self.title, str):
+            self._fail("title", "a string", self.title)
+        self.check_number("max_explorer_pixels", lo=1, integer=True)
+        self.check_number("explorer_digits", lo=2, hi=8, integer=True)
+        if isinstance(self.explorer_channels, str) or not all(c in CHANNELS for c in self.explorer_channels):
+            self._fail("explorer_channels", "a list of channel names from " + ", ".join(CHANNELS),
+                       self.explorer_channels)
+        object.__setattr__(self, "explorer_channels", tuple(self.explorer_channels))
+
+
+# ---------------------------------------------------------------------------------------------
+# explorer data
+# ---------------------------------------------------------------------------------------------
+def _quantize(x: np.ndarray, digits: int) -> dict[str, Any]:
+    """Integers ``q`` with ``x ~= offset + q * scale``, NaN as null.
+
+    ``offset`` is the middle of the finite range and ``scale`` keeps ``digits`` significant
+    digits of the half range, so a resonance of 1320 +- 5 kHz keeps its variation (rounding
+    relative to the magnitude would not). Integers print shorter in JSON than floats.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    finite = np.isfinite(x)
+    if finite.any():
+        lo, hi = float(x[finite].min()), float(x[finite].max())
+        half = (hi - lo) / 2
+        scale = 10.0 ** (math.floor(math.log10(half)) - (digits - 1)) if half > 0 else 1.0
+        offset = round((lo + hi) / 2 / scale) * scale if half > 0 else lo
+    else:
+        scale, offset = 1.0, 0.0
+    q = np.rint((np.where(finite, x, offset) - offset) / scale).astype(np.int64).tolist()
+    for i in np.flatnonzero(~finite):
+        q[i] = None
+    return {"offset": offset, "scale": scale, "data": q}
+
+
+def _grid_vars(ds: xr.Dataset) -> list[str]:
+    return [str(v) for v in ds.data_vars
+            if ds[v].dims == ("row", "col") and ds[v].dtype.kind in "fiub"]
+
+
+def _maps(ds: xr.Dataset) -> list[tuple[str, np.ndarray, bool]]:
+    """(label, (rows, cols) array, categorical) of every map the explorer shows."""
+    from ..interpret import active_neurons
+
+    out: list[tuple[str, np.ndarray, bool]] = []
+    for v in _grid_vars(ds):
+        out.append((v, ds[v].values.astype(float), v.startswith("cluster_") or ds[v].dtype.kind in "iub"))
+    for ch in CHANNELS:
+        if f"embedding_{ch}" in ds:
+            emb = ds[f"embedding_{ch}"].transpose("row", "col", ...).values
+            for j in np.flatnonzero(active_neurons(emb.reshape(-1, emb.shape[-1]))):
+                out.append((f"embedding_{ch}[{j}]", emb[..., j], False))
+        err = figures.reconstruction_error(ds, ch)
+        if err is not None:
+            out.append((f"reconstruction MSE {ch}", err, False))
+    for name, k_max in (("pca_scores", 4), ("nmf_abundances", 8)):
+        if name in ds:
+            a = ds[name].transpose("row", "col", ...).values
+            out += [(f"{name}[{k}]", a[..., k], False) for k in range(min(k_max, a.shape[-1]))]
+    if not out:
+        for ch in CHANNELS:
+            if ch in ds:
+                with np.errstate(all="ignore"):
+                    out.append((f"{ch} mean", np.nanmean(ds[ch].transpose("row", "col", "step").values, -1), False))
+    return out[:64]
+
+
+def _panels(ds: xr.Dataset, channels: tuple[str, ...] = tuple(CHANNELS)) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(channel, [(series name, variable)]) of the curve panels of ``channels``."""
+    fit_channel = str(ds["loop_fit"].attrs.get("channel", "piezoresponse")) if "loop_fit" in ds else None
+    panels = []
+    for ch in channels:
+        series = [("raw", ch), ("clean", f"{ch}_clean"), ("fit", "loop_fit" if fit_channel == ch else ""),
+                  ("reconstruction", f"reconstruction_{ch}")]
+        series = [(n, v) for n, v in series if v and v in ds and ds[v].dims == ("row", "col", "step")]
+        if any(n != "raw" for n, _ in series):
+            panels.append((ch, series))
+    if not panels:  # nothing analysed yet: show the measurement itself
+        panels = [(ch, [("raw", ch)]) for ch in channels if ch in ds and ds[ch].dims == ("row", "col", "step")]
+    if not panels:
+        first = [ch for ch in CHANNELS if ch in ds and ds[ch].dims == ("row", "col", "step")][:1]
+        return _panels(ds, tuple(first)) if first else []
+    return panels
+
+
+def _colormap(name: str, n: int = 256) -> list[list[int]]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    return (np.asarray(cmap(np.linspace(0, 1, n)))[:, :3] * 255).round().astype(int).tolist()
+
+
+def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4,
+                     channels: tuple[str, ...] = ("piezoresponse", "resonance")) -> dict[str, Any]:
+    """The explorer's data: maps, per-pixel curves and generated curves, quantized.
+
+    Grids with more than ``max_pixels`` pixels are subsampled with one stride ``s`` along rows
+    and columns (pixels ``0, s, 2s, ...``); ``stride`` records it.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable; curves are ``{"scale", "data"}`` blocks of shape (n_sub_pixels, n_steps)
+        flattened, maps (n_sub_rows, n_sub_cols) flattened, generated (n_neurons, n_levels, n_steps).
+    """
+    rows, cols = int(ds.sizes.get("row", 0)), int(ds.sizes.get("col", 0))
+    stride = max(1, math.ceil(math.sqrt(rows * cols / max_pixels))) if rows * cols else 1
+    ri, ci = np.arange(0, rows, stride), np.arange(0, cols, stride)
+    n_steps = int(ds.sizes.get("step", 0))
+    voltage = (np.asarray(ds["voltage"].values, float) if "voltage" in ds.coords
+               else np.arange(n_steps, dtype=float))
+    payload: dict[str, Any] = {
+        "grid": [rows, cols], "stride": stride, "sub_grid": [len(ri), len(ci)],
+        "rows_idx": ri.tolist(), "cols_idx": ci.tolist(), "voltage": voltage.tolist(),
+        "colormap": _colormap("viridis"), "categorical": _colormap("tab10", 10),
+        "maps": [], "panels": [], "generated": [],
+    }
+    for label, arr, categorical in _maps(ds):
+        sub = np.asarray(arr, float)[np.ix_(ri, ci)]
+        block = _quantize(sub, digits if not categorical else 8)
+        finite = sub[np.isfinite(sub)]
+        lo, hi = (np.percentile(finite, [1, 99]).tolist() if finite.size else [0.0, 1.0])
+        payload["maps"].append({"name": label, "categorical": bool(categorical), "vmin": lo, "vmax": hi, **block})
+    for ch, series in _panels(ds, channels):
+        blocks = []
+        for name, var in series:
+            arr = ds[var].transpose("row", "col", "step").values[np.ix_(ri, ci)]
+            blocks.append({"name": name, "variable": var, **_quantize(arr.reshape(-1, n_steps), digits)})
+        units = str(ds[ch].attrs.get("units", CHANNELS[ch])) if ch in ds else CHANNELS[ch]
+        payload["panels"].append({"channel": ch, "units": units, "series": blocks})
+    for var in [str(v) for v in ds.data_vars if str(v).startswith("generated_")]:
+        da = ds[var]
+        if da.dims != ("neuron", "level", "step") or f"{var}_level" not in ds.coords:
+            continue
+        curves = da.values
+        neurons = np.flatnonzero(np.isfinite(curves).any(axis=(1, 2)))
+        if not neurons.size:
+            continue
+        payload["generated"].append({
+            "variable": var, "neurons": neurons.tolist(), "n_levels": int(curves.shape[1]),
+            "levels": np.asarray(ds[f"{var}_level"].values)[neurons].tolist(),
+            **_quantize(curves[neurons], digits),
+        })
+    return payload
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside ``<script>``: no ``</script>``, ``<!--`` or entity can form."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# ---------------------------------------------------------------------------------------------
+# page
+# ---------------------------------------------------------------------------------------------
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, (float, np.floating)):
+        return "NaN" if not np.isfinite(x) else f"{float(x):.4g}"
+    if isinstance(x, (list, tuple)) and len(x) > 12:
+        return _e(json.dumps(list(x[:12]), default=str)[:-1] + ", ...]")
+    if isinstance(x, (list, tuple, dict)):
+        s = json.dumps(x, default=str)
+        return _e(s if len(s) <= 300 else s[:300] + "...")
+    return _e(x)
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "", text_cols: int = 1,
+           shade: bool = False) -> str:
+    """An HTML table; ``shade`` tints numeric cells in [-1, 1] by magnitude (blue +, red -)."""
+    h = "".join(f'<th class="text">{_e(c)}</th>' if i < text_cols else f"<th>{_e(c)}</th>"
+                for i, c in enumerate(header))
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            style = ""
+            if shade and isinstance(c, (float, np.floating)) and np.isfinite(c) and abs(c) <= 1:
+                rgb = "31,119,180" if c >= 0 else "214,39,40"
+                style = f' style="background: rgba({rgb},{0.6 * abs(float(c)):.2f})"'
+            klass = ' class="text"' if i < text_cols else ""
+            cells.append(f"<td{klass}{style}>{_fmt(c)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="{_e(cls)}"><thead><tr>{h}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _img(rel: str, caption: str) -> str:
+    src = urllib.parse.quote(rel)
+    return (f'<figure><img src="{_e(src)}" alt="{_e(caption)}" loading="eager">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _section(sid: str, title: str, body: str) -> tuple[str, str, str]:
+    return sid, title, f'<section id="{_e(sid)}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _summary_section(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
+    rows = [("grid (rows x cols)", f"{ds.sizes.get('row', 0)} x {ds.sizes.get('col', 0)}"),
+            ("steps", ds.sizes.get("step", 0))]
+    if "voltage" in ds.coords:
+        v = np.asarray(ds["voltage"].values, float)
+        rows.append(("voltage", f"{v[0]:.3g} V first, range {v.min():.3g} to {v.max():.3g} V"))
+    rows += [(f"attribute: {k}", v) for k, v in ds.attrs.items()]
+    out = _table(["item", "value"], rows, text_cols=2)
+    chan = []
+    for ch in CHANNELS:
+        if ch in ds:
+            a = ds[ch].values
+            fin = np.isfinite(a)
+            chan.append((ch, ds[ch].attrs.get("units", ""), "x".join(map(str, a.shape)),
+                         f"{100 * fin.mean():.2f}%", np.nanmin(a) if fin.any() else np.nan,
+                         np.nanmax(a) if fin.any() else np.nan))
+    if chan:
+        out += _table(["channel", "units", "shape", "finite", "min", "max"], chan, text_cols=3)
+    arrays = [(str(v), ", ".join(map(str, ds[v].dims)), "x".join(map(str, ds[v].shape)),
+               ds[v].attrs.get("units", ""), ds[v].attrs.get("long_name", "")) for v in ds.data_vars]
+    out += ("<details><summary>All arrays in results.nc</summary>"
+            + _table(["variable", "dims", "shape", "units", "description"], arrays, text_cols=5) + "</details>")
+    return out
+
+
+def _cleaning_table(ds: xr.Dataset) -> str:
+    keys = ("n_nonfinite", "n_out_of_range", "n_outliers", "norm_mean", "norm_std")
+    rows = []
+    for ch in CHANNELS:
+        v = f"{ch}_clean"
+        if v in ds:
+            rows.append([ch] + [ds[v].attrs.get(k, "") for k in keys])
+    return _table(["channel", *keys], rows) if rows else ""
+
+
+def _loops_table(ds: xr.Dataset) -> str:
+    rows = []
+    if "loop_r2" in ds:
+        r2 = ds["loop_r2"].values.astype(float)
+        rows += [("median R²", np.nanmedian(r2)), ("min R²", np.nanmin(r2)),
+                 ("pixels with R² < 0.95", int(np.sum(r2 < 0.95)))]
+    if "loop_converged" in ds:
+        rows.append(("converged", f"{100 * np.mean(ds['loop_converged'].values.astype(bool)):.1f}%"))
+    for v in ("loop_height", "loop_width", "loop_area", "loop_coercive_neg", "loop_coercive_pos", "loop_imprint"):
+        if v in ds:
+            rows.append((f"median {v}", np.nanmedian(ds[v].values.astype(float))))
+    return _table(["quantity", "value"], rows) if rows else ""
+
+
+def _decomposition_table(ds: xr.Dataset) -> str:
+    if "pca_explained_variance" not in ds:
+        return ""
+    ev = np.asarray(ds["pca_explained_variance"].values, float)
+    total = ev.sum()
+    ratio = ev / total if total > 0 else ev
+    return _table(["component", "explained variance", "cumulative share"],
+                  [(k, ev[k], np.cumsum(ratio)[k]) for k in range(ev.size)])
+
+
+def _reconstruction_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
+    rows = []
+    for ch in CHANNELS:
+        err = figures.reconstruction_error(ds, ch)
+        if err is not None:
+            rows.append((ch, np.nanmean(err), np.nanmedian(err), np.nanmax(err)))
+    if not rows:
+        return ""
+    return ("<p class=\"note\">Mean squared error of reconstruction_&lt;channel&gt; against "
+            "&lt;channel&gt;_clean, in normalized units (divided by norm_std²).</p>"
+            + _table(["channel", "mean MSE", "median MSE", "max MSE"], rows))
+
+
+def _mechanism_tables(ds: xr.Dataset) -> str:
+    parts = []
+    for ch in CHANNELS:
+        v = f"mechanism_truth_{ch}"
+        if v in ds:
+            rho = ds[v].transpose("neuron", "truth").values
+            truths = [str(t) for t in ds[v]["truth"].values]
+            keep = np.flatnonzero(np.isfinite(rho).any(axis=1))
+            rows = []
+            for j in keep:
+                best = int(np.nanargmax(np.abs(rho[j])))
+                rows.append([f"neuron {j}", *rho[j].tolist(), truths[best]])
+            parts.append(f"<h3>{_e(ch)}: Spearman rank correlation with ground truth</h3>"
+                         + _table(["neuron", *truths, "best match"], rows, cls="mechanism", shade=True))
+        eta, fv = f"mechanism_cluster_eta2_{ch}", f"mechanism_cluster_f_{ch}"
+        if eta in ds:
+            e = ds[eta].values.astype(float)
+            f = ds[fv].values.astype(float) if fv in ds else np.full_like(e, np.nan)
+            rows = [(f"neuron {j}", e[j], f[j]) for j in np.flatnonzero(np.isfinite(e))]
+            parts.append(f"<h3>{_e(ch)}: separation of cluster_divisive</h3>"
+                         "<p class=\"note\">eta²: share of a neuron's variance between clusters "
+                         "(0 none, 1 complete); F: one-way ANOVA.</p>"
+                         + _table(["neuron", "eta²", "F"], [(n, e_, f_) for n, e_, f_ in rows], cls="mechanism",
+                                  shade=True))
+    return "".join(parts)
+
+
+def _flatten_summary(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and len(v) <= 40:
+            out += _flatten_summary(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def _explorer_section(payload: dict[str, Any]) -> str:
+    if not payload["maps"] and not payload["panels"] and not payload["generated"]:
+        return ""
+    parts = []
+    if payload["stride"] > 1:
+        parts.append(f'<p class="note" id="ss-subsampled">The grid of {payload["grid"][0]} x {payload["grid"][1]} '
+                     f'pixels is subsampled for the explorer: one row and one column in {payload["stride"]} '
+                     f'({payload["sub_grid"][0]} x {payload["sub_grid"][1]} pixels).</p>')
+    if payload["maps"]:
+        maps = "".join(
+            f'<figure><canvas class="ss-map" data-index="{i}" data-name="{_e(m["name"])}" '
+            f'width="{payload["sub_grid"][1]}" height="{payload["sub_grid"][0]}"></canvas>'
+            f'<figcaption>{_e(m["name"])}</figcaption></figure>' for i, m in enumerate(payload["maps"]))
+        parts.append('<p class="note">Click a pixel on any map to see its curves.</p>'
+                     f'<div id="ss-maps">{maps}</div>')
+    parts.append('<div id="ss-pixel"></div>')
+    if payload["panels"]:
+        colors = {"raw": "#999999", "clean": "#1f77b4", "fit": "#d62728", "reconstruction": "#2ca02c"}
+        boxes = []
+        for i, p in enumerate(payload["panels"]):
+            legend = "".join(f'<span><i style="background:{colors[s["name"]]}"></i>{_e(s["name"])} '
+                             f'({_e(s["variable"])})</span>' for s in p["series"])
+            boxes.append(f'<div class="ss-panel-box"><h3>{_e(p["channel"])} ({_e(p["units"])})</h3>'
+                         f'<div class="legend">{legend}</div>'
+                         f'<svg class="ss-plot ss-panel" id="ss-panel-{i}" data-channel="{_e(p["channel"])}"></svg></div>')
+        parts.append(f'<div id="ss-curves">{"".join(boxes)}</div>')
+    if payload["generated"]:
+        opts = "".join(f'<option value="{i}">{_e(g["variable"])}</option>' for i, g in enumerate(payload["generated"]))
+        parts.append(
+            '<h3>Generator</h3><div class="ss-gen-controls">'
+            f'<label>curves <select id="ss-gen-channel">{opts}</select></label>'
+            '<label>neuron <select id="ss-gen-neuron"></select></label>'
+            '<label>activation <input type="range" id="ss-gen-level" min="0" max="1" step="1" value="0"></label>'
+            '<span id="ss-gen-value"></span></div>'
+            '<svg class="ss-plot" id="ss-gen-plot"></svg>')
+    return "".join(parts)
+
+
+def _figure_files(figdir: Path) -> list[str]:
+    return sorted(p.name for p in figdir.glob("*.png")) if figdir.is_dir() else []
+
+
+def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str, Any] | None = None,
+                 config: ReportConfig | None = None) -> Path:
+    """Render ``report_dir/index.html`` for ``ds`` (figures missing from ``report_dir/figures`` are drawn).
+
+    Returns the path of the page.
+    """
+    config = config or ReportConfig()
+    summary = dict(summary or {})
+    report_dir = Path(report_dir)
+    figdir = report_dir / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    figures.interpretation_figures(ds, figdir, overwrite=False)
+    figures.overview_figures(ds, figdir, _figure_files(figdir))
+    pngs = _figure_files(figdir)
+
+    grouped: dict[str, list[str]] = {g[0]: [] for g in GROUPS}
+    other: list[str] = []
+    for name in pngs:
+        gid = _group_of(name)
+        (grouped[gid] if gid else other).append(name)
+
+    def figs(gid: str) -> str:
+        return "".join(_img(f"figures/{n}", n.removesuffix(".png").replace("_", " ")) for n in grouped[gid])
+
+    sections: list[tuple[str, str, str]] = [_section("summary", "Dataset", _summary_section(ds, summary))]
+    extra = {"cleaning": _cleaning_table(ds), "loops": _loops_table(ds),
+             "decomposition": _decomposition_table(ds),
+             "reconstruction": _reconstruction_table(ds, summary)}
+    for gid, title, _ in GROUPS:
+        body = extra.get(gid, "") + figs(gid)
+        if body:
+            sections.append(_section(gid, title, body))
+
+    moviedir = report_dir / "movies"
+    movies = sorted(moviedir.iterdir()) if moviedir.is_dir() else []
+    mv = []
+    for p in movies:
+        rel = _e(urllib.parse.quote(f"movies/{p.name}"))
+        if p.suffix == ".gif":
+            mv.append(f'<figure class="movie"><img src="{rel}" alt="{_e(p.name)}"><figcaption>{_e(p.name)}</figcaption></figure>')
+        elif p.suffix == ".mp4":
+            mv.append(f'<figure class="movie"><video controls loop muted src="{rel}"></video>'
+                      f'<figcaption>{_e(p.name)} (MP4)</figcaption></figure>')
+    if mv:
+        sections.append(_section("movies", "Movies", "".join(mv)))
+    mech = _mechanism_tables(ds)
+    if mech:
+        sections.append(_section("mechanisms", "Mechanism labels", mech))
+
+    payload = explorer_payload(ds, max_pixels=config.max_explorer_pixels, digits=config.explorer_digits,
+                               channels=config.explorer_channels)
+    explorer = _explorer_section(payload)
+    if explorer:
+        sections.append(_section("explorer", "Explorer", explorer))
+
+    timings = summary.get("timings_s")
+    if isinstance(timings, Mapping) and timings:
+        sections.append(_section("timings", "Timings",
+                                 _table(["stage", "seconds"], [(k, v) for k, v in timings.items()])))
+    rest = {k: v for k, v in summary.items() if k not in ("timings_s", "configs", "versions")}
+    if rest:
+        sections.append(_section("numbers", "Key numbers (summary.json)",
+                                 _table(["key", "value"], _flatten_summary(rest), text_cols=2)))
+    if isinstance(summary.get("versions"), Mapping):
+        sections.append(_section("versions", "Software", _table(["package", "version"], summary["versions"].items(),
+                                                                  text_cols=2)))
+    if other:
+        sections.append(_section("other", "Other figures",
+                                 "".join(_img(f"figures/{n}", n.removesuffix(".png")) for n in other)))
+
+    nav = "".join(f'<li><a href="#{_e(sid)}">{_e(title)}</a></li>' for sid, title, _ in sections)
+    css = (ASSETS / "report.css").read_text(encoding="utf-8")
+    js = (ASSETS / "explorer.js").read_text(encoding="utf-8")
+    source = ds.attrs.get("source", summary.get("dataset", {}).get("source", "") if isinstance(
+        summary.get("dataset"), Mapping) else "")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        # No request may leave the page: only inline scripts/styles and local files are allowed.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "img-src 'self' data: file:; media-src 'self' file:; style-src 'unsafe-inline'; "
+        "script-src 'unsafe-inline'\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_e(config.title)}</title><style>{css}</style></head><body>"
+        f"<h1>{_e(config.title)}</h1>"
+        f"<p class=\"note\">Source: <span id=\"ss-source\">{_e(source)}</span>. Built {_e(stamp)}.</p>"
+        f"<nav><ul>{nav}</ul></nav>"
+        + "".join(s[2] for s in sections)
+        + f'<script type="application/json" id="ss-data">{_script_json(payload)}</script>'
+        f"<script>{js}</script></body></html>\n"
+    )
+    index = report_dir / "index.html"
+    tmp = index.with_name(f".index.html.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, index)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return index
+
+
+def build_report(outdir: str | Path, *, config: ReportConfig | None = None) -> Path:
+    """Rebuild ``outdir/report/index.html`` from ``outdir/results.nc`` and ``outdir/summary.json``.
+
+    Nothing is refitted: figures already in ``outdir/report/figures`` are kept, missing ones that
+    can be drawn from the arrays are drawn.
+
+    Parameters
+    ----------
+    outdir : path
+        A run's output folder.
+
+    Returns
+    -------
+    Path
+        ``outdir/report/index.html``.
+    """
+    outdir = Path(outdir)
+    results = outdir / "results.nc"
+    if not results.is_file():
+        raise DataError(f"no results.nc in {str(outdir)!r}; give the output folder of `switchscope run`")
+    try:
+        ds = xr.load_dataset(results)
+    except Exception as exc:  # any reader failure means the file is unusable
+        raise DataError(f"cannot read {str(results)!r} ({type(exc).__name__}: {exc}); "
+                        "rerun `switchscope run` to rewrite it") from None
+    summary: dict[str, Any] = {}
+    sfile = outdir / "summary.json"
+    if sfile.is_file():
+        try:
+            summary = json.loads(sfile.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"summary.json in {str(outdir)!r} is not valid JSON ({exc}); "
+                            "delete it or rerun `switchscope run`") from None
+    return write_report(ds, outdir / "report", summary=summary, config=config)
+
+
+def report_stage(ds: xr.Dataset, config: ReportConfig, ctx: RunContext) -> xr.Dataset:
+    """Pipeline stage: write ``ctx.workdir/report/index.html`` from the run's arrays and summary."""
+    t0 = time.perf_counter()
+    index = write_report(ds, ctx.workdir / "report", summary=ctx.summary, config=config)
+    figdir = ctx.workdir / "report" / "figures"
+    ctx.summary["report"] = {
+        "path": str(index.relative_to(ctx.workdir)),
+        "n_figures": len(_figure_files(figdir)),
+        "size_mb": round(index.stat().st_size / 1e6, 2),
+        "build_s": round(time.perf_counter() - t0, 3),
+    }
+    return ds.copy()

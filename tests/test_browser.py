@@ -1,0 +1,210 @@
+"""The report page in a real browser (Debian's Chromium, driven by Playwright), offline.
+
+Skipped when /usr/bin/chromium or playwright is missing, except with CI=true, where a missing
+browser is a failure (so CI cannot skip these silently). Never run `playwright install`: the
+system Chromium is used through ``executable_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from test_report import PWN, make_run
+
+pytestmark = pytest.mark.browser
+
+# SWITCHSCOPE_CHROMIUM only exists to check the skip/fail logic itself; CI uses the default.
+CHROMIUM = Path(os.environ.get("SWITCHSCOPE_CHROMIUM", "/usr/bin/chromium"))
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def _need_browser():
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "playwright is not installed (pip install playwright; do not run `playwright install`)"
+    if reason is None and not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"browser tests cannot run in CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("browser_run")
+    make_run(out, attrs={"source": PWN}, movies=True, figures=("loops_examples.png",))
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(run_dir):
+    return xr.load_dataset(run_dir / "results.nc")
+
+
+def _open(browser, index: Path):
+    """A page at ``index`` with the network cut: only file:// and data: may load."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    seen, blocked, errors = [], [], []
+
+    def route(r):
+        url = r.request.url
+        seen.append(url)
+        if url.startswith(("file://", "data:")):
+            r.continue_()
+        else:
+            blocked.append(url)
+            r.abort()
+
+    page.route("**/*", route)
+    # a request the Content-Security-Policy stops never reaches the route: record those too
+    page.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation',"
+                         " e => window.__csp.push(e.blockedURI));")
+    page.on("requestfailed", lambda req: blocked.append(req.url) if not req.url.startswith(("file:", "data:")) else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(index.as_uri())
+    page.wait_for_selector("body[data-explorer-ready='1']", timeout=20000)
+    page.wait_for_load_state("load")
+    blocked += page.evaluate("window.__csp")
+    blocked += page.evaluate("performance.getEntriesByType('resource').map(e => e.name)"
+                             ".filter(u => !u.startsWith('file:') && !u.startsWith('data:'))")
+    return page, seen, blocked, errors
+
+
+@pytest.fixture(scope="module")
+def opened(browser, run_dir):
+    page, seen, blocked, errors = _open(browser, run_dir / "report" / "index.html")
+    yield page, seen, blocked, errors
+    page.close()
+
+
+def test_nothing_leaves_the_page_and_no_script_errors(opened, run_dir):
+    page, seen, blocked, errors = opened
+    assert blocked == [] and errors == []
+    assert any(u.endswith(".png") for u in seen)  # the route did see the local figures
+    assert all(u.startswith(("file://", "data:")) for u in seen)
+
+
+def test_every_figure_renders(opened, run_dir):
+    page = opened[0]
+    imgs = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    files = {p.name for p in (run_dir / "report" / "figures").glob("*.png")}
+    files |= {p.name for p in (run_dir / "report" / "movies").glob("*.gif")}
+    assert {Path(src).name for src, _, _ in imgs} == files
+    assert all(done and width > 0 for _, done, width in imgs), imgs
+    assert page.locator("video").count() >= 1  # the MP4 movies are linked too
+
+
+def _series(page, panel):
+    out = {}
+    for g in page.locator(f"#{panel} g.ss-series").all():
+        vals = np.array([np.nan if v is None else v for v in json.loads(g.get_attribute("data-values"))], float)
+        out[g.get_attribute("data-var")] = vals
+    return out
+
+
+def _click_pixel(page, map_name, r, c):
+    canvas = page.locator(f'canvas.ss-map[data-name="{map_name}"]')
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    n_rows, n_cols = int(canvas.get_attribute("height")), int(canvas.get_attribute("width"))
+    page.mouse.click(box["x"] + (c + 0.5) * box["width"] / n_cols, box["y"] + (r + 0.5) * box["height"] / n_rows)
+
+
+@pytest.mark.parametrize("map_name,r,c", [("loop_height", 3, 7), ("embedding_piezoresponse[0]", 10, 0)])
+def test_clicking_a_map_pixel_shows_its_curves(opened, results, map_name, r, c):
+    page = opened[0]
+    _click_pixel(page, map_name, r, c)
+    assert page.get_attribute("#ss-pixel", "data-row") == str(r)
+    assert page.get_attribute("#ss-pixel", "data-col") == str(c)
+    piezo = _series(page, "ss-panel-0")
+    assert set(piezo) == {"piezoresponse", "piezoresponse_clean", "loop_fit", "reconstruction_piezoresponse"}
+    for var, got in piezo.items():
+        ref = results[var].values[r, c]
+        span = np.nanmax(results[var].values) - np.nanmin(results[var].values)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got, ref, atol=1e-3 * span, equal_nan=True)
+    res = _series(page, "ss-panel-1")
+    np.testing.assert_allclose(res["resonance_clean"], results["resonance_clean"].values[r, c], atol=5e-3)
+
+
+def test_slider_changes_the_generated_loop(opened, results):
+    page = opened[0]
+    page.select_option("#ss-gen-channel", index=0)
+    neuron = int(page.get_attribute("#ss-gen-plot", "data-neuron"))
+    var = page.get_attribute("#ss-gen-plot", "data-variable")
+    assert var == "generated_piezoresponse"
+
+    def current():
+        return np.array(json.loads(page.locator('#ss-gen-plot g[data-series="current"]').get_attribute("data-values")))
+
+    first = current()
+    page.locator("#ss-gen-level").fill("3")  # fill() on a range input sets it and fires input/change
+    assert page.get_attribute("#ss-gen-plot", "data-level") == "3"
+    last = current()
+    ref = results[var].values
+    span = np.nanmax(ref) - np.nanmin(ref)
+    np.testing.assert_allclose(first, ref[neuron, 0], atol=1e-3 * span)
+    np.testing.assert_allclose(last, ref[neuron, 3], atol=1e-3 * span)
+    assert np.abs(first - last).max() > 1e-2 * span
+    assert "level 4/4" in page.inner_text("#ss-gen-value")
+
+
+def test_screenshot_is_not_blank(opened, tmp_path):
+    import imageio.v3 as iio
+
+    page = opened[0]
+    page.evaluate("window.scrollTo(0, 0)")
+    shot = tmp_path / "top.png"
+    page.screenshot(path=str(shot))
+    img = iio.imread(shot).astype(float)
+    assert img.std() > 10
+    page.locator("#explorer").scroll_into_view_if_needed()
+    img2 = iio.imread(page.locator("#explorer").screenshot()).astype(float)
+    assert img2.std() > 10 and (img2[..., :3].max(axis=-1) - img2[..., :3].min(axis=-1)).max() > 100  # colour
+
+
+def test_script_in_attrs_does_not_run(opened):
+    page = opened[0]
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.inner_text("#ss-source") == PWN  # shown as text
+
+
+def test_subsampled_grid_maps_clicks_to_original_pixels(browser, tmp_path):
+    from switchscope.report import ReportConfig, build_report
+
+    make_run(tmp_path, rows=12, cols=10)
+    build_report(tmp_path, config=ReportConfig(max_explorer_pixels=30))  # stride 2
+    page, _, blocked, errors = _open(browser, tmp_path / "report" / "index.html")
+    try:
+        assert blocked == [] and errors == []
+        assert "one row and one column in 2 (6 x 5 pixels)" in page.inner_text("#ss-subsampled")
+        _click_pixel(page, "loop_height", 4, 3)  # sub-grid (4, 3) is pixel (8, 6)
+        assert page.get_attribute("#ss-pixel", "data-row") == "8"
+        assert page.get_attribute("#ss-pixel", "data-col") == "6"
+        ds = xr.load_dataset(tmp_path / "results.nc")
+        got = _series(page, "ss-panel-0")["piezoresponse_clean"]
+        span = float(np.ptp(ds["piezoresponse_clean"].values))
+        np.testing.assert_allclose(got, ds["piezoresponse_clean"].values[8, 6], atol=1e-3 * span)
+    finally:
+        page.close()

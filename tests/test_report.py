@@ -1,0 +1,248 @@
+"""The HTML report: explorer data, escaping, optional sections, rebuild from results.nc."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from switchscope import ConfigError, DataError, make_dataset
+from switchscope._context import RunContext
+from switchscope.interpret import InterpretConfig, interpret_stage
+from switchscope.report import ReportConfig, build_report, report_stage
+from switchscope.report.html import _script_json, explorer_payload
+
+PWN = "<script>window.__pwned=1</script>"
+
+
+def fake_results(rows=12, cols=10, n_steps=32, n_neurons=6, seed=0, attrs=None):
+    """A random but contract-shaped results Dataset, and a linear decoder matrix ``W``."""
+    rng = np.random.default_rng(seed)
+    half = n_steps // 2
+    v = np.concatenate([np.linspace(16, -16, half), np.linspace(-16, 16, n_steps - half)])
+    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    domain = ((rr + cc) // 4 % 2).astype(int)
+    coer = 3 + 2 * rr / rows
+    branch = np.where(np.arange(n_steps) < half, 1.0, -1.0)
+    loop = np.tanh((v[None, None, :] + branch * coer[..., None]) / 2.0)
+    piezo = 1e-4 * (1 - 0.5 * domain[..., None]) * loop + 1e-6 * rng.normal(size=(rows, cols, n_steps))
+    piezo[0, 1, 3] = np.nan
+    res = 1320 + 5 * np.abs(loop) + 0.2 * rng.normal(size=(rows, cols, n_steps))
+    ds = make_dataset({"piezoresponse": piezo, "resonance": res}, v, attrs=attrs or {"source": "fake"})
+    for ch, a in (("piezoresponse", np.nan_to_num(piezo)), ("resonance", res)):
+        ds[f"{ch}_clean"] = (("row", "col", "step"), a + 0.0,
+                             {"units": ds[ch].attrs["units"], "n_nonfinite": int(ch == "piezoresponse"),
+                              "n_out_of_range": 2, "n_outliers": 3,
+                              "norm_mean": float(a.mean()), "norm_std": float(a.std())})
+        ds[f"reconstruction_{ch}"] = (("row", "col", "step"), a + 0.05 * a.std() * rng.normal(size=a.shape))
+    ds["loop_fit"] = (("row", "col", "step"), 1e-4 * (1 - 0.5 * domain[..., None]) * loop)
+    ds["loop_r2"] = (("row", "col"), 0.9 + 0.1 * rng.random((rows, cols)))
+    ds["loop_height"] = (("row", "col"), 2e-4 * (1 - 0.5 * domain))
+    ds["loop_coercive_pos"] = (("row", "col"), coer)
+    ds["loop_converged"] = (("row", "col"), rng.random((rows, cols)) > 0.1)
+    ds["pca_scores"] = (("row", "col", "pca_component"), rng.normal(size=(rows, cols, 4)))
+    ds["pca_explained_variance"] = (("pca_component",), np.array([4.0, 2.0, 1.0, 0.5]))
+    ds["cluster_divisive"] = (("row", "col"), domain * 2 + (rr > rows // 2))
+    ds["truth_domain"] = (("row", "col"), domain.astype(float))
+    ds["truth_coercive_pos"] = (("row", "col"), coer)
+    Z = np.zeros((rows, cols, n_neurons))
+    Z[..., 0] = coer + 0.1 * rng.random((rows, cols))
+    Z[..., 2] = 2 * domain + rng.random((rows, cols))
+    Z[..., 3] = rng.random((rows, cols))
+    ds["embedding_piezoresponse"] = (("row", "col", "neuron"), Z)
+    ds["embedding_resonance"] = (("row", "col", "neuron"), Z[..., ::-1].copy())
+    ds["embedding_history_piezoresponse"] = (("checkpoint", "row", "col", "neuron"),
+                                             np.stack([Z * f for f in (0.2, 0.6, 1.0)]))
+    ds = ds.assign_coords(checkpoint_epoch=("checkpoint", np.array([1, 5, 20])))
+    W = rng.normal(size=(n_neurons, n_steps))
+    return ds, W
+
+
+def make_run(outdir: Path, *, attrs=None, movies=False, rows=12, cols=10, figures=()) -> xr.Dataset:
+    """Run interpret + report into ``outdir`` the way the pipeline does; write results.nc."""
+    ds, W = fake_results(rows=rows, cols=cols, attrs=attrs)
+    ctx = RunContext(workdir=outdir)
+    ctx.artifacts = {"decoder_piezoresponse": lambda z: 1e-5 * (z @ W),
+                     "decoder_resonance": lambda z: 1320 + z @ W}
+    ctx.summary["timings_s"] = {"clean": 0.5, "loops": 1.25}
+    ctx.summary["dataset"] = {"source": "fake"}
+    for name in figures:  # stand-ins for PNGs other stages write
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        fig.savefig(ctx.figures / name)
+        plt.close(fig)
+    ds = interpret_stage(ds, InterpretConfig(n_pixels=5, n_levels=4, movies=movies), ctx)
+    ds.to_netcdf(outdir / "results.nc", engine="h5netcdf")
+    (outdir / "summary.json").write_text(json.dumps(ctx.summary, default=str))
+    ds = report_stage(ds, ReportConfig(), ctx)
+    return ds
+
+
+def _decode(block):
+    return np.array([np.nan if q is None else block["offset"] + q * block["scale"] for q in block["data"]])
+
+
+def test_quantized_curves_round_trip_within_half_a_step():
+    ds, _ = fake_results()
+    payload = explorer_payload(ds, digits=4)
+    assert payload["stride"] == 1 and payload["sub_grid"] == [12, 10]
+    panels = {p["channel"]: p for p in payload["panels"]}
+    assert [s["name"] for s in panels["piezoresponse"]["series"]] == ["raw", "clean", "fit", "reconstruction"]
+    assert [s["name"] for s in panels["resonance"]["series"]] == ["raw", "clean", "reconstruction"]
+    for p in payload["panels"]:
+        for s in p["series"]:
+            ref = ds[s["variable"]].values.reshape(-1)
+            got = _decode(s)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+            ok = np.isfinite(ref)
+            assert np.abs(got[ok] - ref[ok]).max() <= 0.5 * s["scale"] * (1 + 1e-9)
+            # 4 digits of the half range: the resonance's 5 kHz swing on 1320 kHz survives
+            assert s["scale"] <= (np.nanmax(ref) - np.nanmin(ref)) / 2 / 999
+    only_res = explorer_payload(ds, channels=("resonance",))
+    assert [p["channel"] for p in only_res["panels"]] == ["resonance"]
+    names = [m["name"] for m in payload["maps"]]
+    assert "embedding_piezoresponse[0]" in names and "embedding_piezoresponse[1]" not in names
+    assert "cluster_divisive" in names and next(m for m in payload["maps"]
+                                                 if m["name"] == "cluster_divisive")["categorical"]
+    gen = payload["generated"]
+    assert gen == []  # nothing generated yet in the raw fake results
+
+
+def test_explorer_subsamples_large_grids():
+    ds, _ = fake_results(rows=12, cols=10)
+    payload = explorer_payload(ds, max_pixels=30)  # 120 pixels -> stride 2
+    assert payload["stride"] == 2 and payload["sub_grid"] == [6, 5]
+    assert payload["rows_idx"] == [0, 2, 4, 6, 8, 10] and payload["cols_idx"] == [0, 2, 4, 6, 8]
+    s = payload["panels"][0]["series"][1]
+    got = _decode(s).reshape(6, 5, -1)
+    ref = ds[s["variable"]].values[::2, ::2]
+    np.testing.assert_allclose(got, ref, atol=s["scale"])
+
+
+def test_real_loops_round_trip_with_their_nans(real_raw_loops):
+    loops, voltage = real_raw_loops
+    ds = make_dataset({"piezoresponse": loops}, voltage)
+    payload = explorer_payload(ds)
+    (panel,) = payload["panels"]
+    (series,) = panel["series"]  # nothing analysed: the raw curves only
+    got = _decode(series)
+    assert sum(q is None for q in series["data"]) == int(np.isnan(loops).sum()) == 3
+    ok = np.isfinite(loops.reshape(-1))
+    assert np.abs(got[ok] - loops.reshape(-1)[ok]).max() <= 0.5 * series["scale"] * (1 + 1e-9)
+    assert payload["voltage"][0] == pytest.approx(voltage[0])
+
+
+def test_script_json_cannot_close_the_script_element():
+    obj = {"name": "</script><!-- & <b>", "x": [1, 2]}
+    text = _script_json(obj)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == obj
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    make_run(out, attrs={"source": "fake", "title": PWN},
+             figures=("loops_examples.png", "pca_components.png", "mystery.png"))
+    return out
+
+
+def test_report_page_sections_and_figures(run_dir):
+    index = run_dir / "report" / "index.html"
+    page = index.read_text(encoding="utf-8")
+    for sid in ("summary", "cleaning", "loops", "decomposition", "reconstruction", "embedding", "generated",
+                "cross", "mechanisms", "explorer", "timings", "other"):
+        assert f'<section id="{sid}">' in page, sid
+    assert '<section id="movies">' not in page  # movies were off in this run
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert srcs and all((index.parent / s).is_file() for s in srcs)
+    figs = {p.name for p in (index.parent / "figures").glob("*.png")}
+    assert {Path(s).name for s in srcs} == figs
+    # the helper's loop figure exists, so no fallback overview is drawn for that group
+    assert "loops_examples.png" in figs and "loops_overview.png" not in figs
+    assert "decomposition_overview.png" not in figs
+    loops = page[page.index('<section id="loops">'):]
+    assert loops.index("loops_examples.png") < loops.index('<section id="decomposition">')
+    assert page.index("mystery.png") > page.index('<section id="other">')
+    # offline: nothing refers to the network
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "url(http" not in page
+    assert "<th>1.25</th>" not in page and "<td>1.25</td>" in page  # timings table
+
+
+def test_report_escapes_text_from_data(run_dir):
+    page = (run_dir / "report" / "index.html").read_text(encoding="utf-8")
+    assert PWN not in page
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
+    data = page[page.index('id="ss-data">'):]
+    data = data[len('id="ss-data">'):data.index("</script>")]
+    assert "<" not in data
+    payload = json.loads(data)
+    assert [g["variable"] for g in payload["generated"]] == [
+        "generated_piezoresponse", "generated_resonance", "generated_piezoresponse_from_resonance"]
+
+
+def test_rebuild_from_results_nc_matches_and_is_fast(run_dir):
+    ds = xr.load_dataset(run_dir / "results.nc")
+    index = run_dir / "report" / "index.html"
+    index.unlink()
+    t0 = time.perf_counter()
+    assert build_report(run_dir) == index
+    assert time.perf_counter() - t0 < 30
+    page = index.read_text(encoding="utf-8")
+    data = page[page.index('id="ss-data">') + len('id="ss-data">'):]
+    payload = json.loads(data[:data.index("</script>")])
+    g = payload["generated"][0]
+    curves = ds["generated_piezoresponse"].values[g["neurons"]].reshape(-1)
+    np.testing.assert_allclose(_decode(g), curves, atol=g["scale"])
+    assert '<section id="timings">' in page  # from summary.json
+
+
+def test_minimal_dataset_builds_without_optional_sections(tmp_path):
+    rng = np.random.default_rng(0)
+    ds = make_dataset({"resonance": 1320 + rng.normal(size=(4, 3, 8))}, np.linspace(-1, 1, 8))
+    ds.to_netcdf(tmp_path / "results.nc", engine="h5netcdf")
+    page = build_report(tmp_path).read_text(encoding="utf-8")
+    assert '<section id="summary">' in page and '<section id="explorer">' in page
+    for sid in ("loops", "mechanisms", "movies", "generated", "timings", "numbers"):
+        assert f'<section id="{sid}">' not in page
+    assert 'id="ss-gen-level"' not in page
+
+
+def test_build_report_errors(tmp_path):
+    with pytest.raises(DataError, match="no results.nc in"):
+        build_report(tmp_path)
+    (tmp_path / "results.nc").write_bytes(b"not netcdf")
+    with pytest.raises(DataError, match="cannot read .*results.nc"):
+        build_report(tmp_path)
+    ds, _ = fake_results(rows=3, cols=2)
+    ds.to_netcdf(tmp_path / "results.nc", engine="h5netcdf")
+    (tmp_path / "summary.json").write_text("{oops")
+    with pytest.raises(DataError, match="summary.json .* is not valid JSON"):
+        build_report(tmp_path)
+
+
+def test_report_config_validation():
+    cfg = ReportConfig.from_dict({"max_explorer_pixels": 400, "explorer_channels": ["amplitude"]})
+    assert cfg.max_explorer_pixels == 400 and cfg.explorer_channels == ("amplitude",)
+    with pytest.raises(ConfigError, match="ReportConfig.explorer_channels must be a list of channel names"):
+        ReportConfig(explorer_channels=("piezo",))
+    with pytest.raises(ConfigError, match="ReportConfig.max_explorer_pixels must be an integer >= 1"):
+        ReportConfig(max_explorer_pixels=0)
+    with pytest.raises(ConfigError, match="ReportConfig.title must be a string"):
+        ReportConfig(title=3)
+
+
+def test_report_stage_records_summary(tmp_path):
+    ds, _ = fake_results(rows=4, cols=4)
+    ctx = RunContext(workdir=tmp_path)
+    out = report_stage(ds, ReportConfig(), ctx)
+    assert out is not ds and out.identical(ds)
+    s = ctx.summary["report"]
+    assert s["path"] == "report/index.html" and s["n_figures"] >= 3 and s["size_mb"] > 0
