@@ -1,0 +1,207 @@
+"""Benchmark of the batched loop fitter against a per-pixel scipy fit, in one process.
+
+Fits the 3600 real loops (../shared/data/mixed_pzt_piezoresponse_loops.mat, NaNs filled by
+linear interpolation) with :func:`switchscope.loops.fit_loops` and with one
+``scipy.optimize.least_squares`` call per pixel and start (same model, same starts, same bounds,
+analytic Jacobian, response scaled to O(1) as in the batched fit), then times the batched fit on
+synthetic loops of growing size. Results go to ``benchmarks/results/loops.json``.
+
+    python benchmarks/bench_loops.py                       # everything (minutes)
+    python benchmarks/bench_loops.py --scipy-pixels 300 --sizes 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+from scipy.optimize import least_squares
+
+from switchscope.loops import MODELS, fit_loops, sweep_masks
+
+ROOT = Path(__file__).resolve().parents[1]
+MAT = (ROOT / ".." / "shared" / "data" / "mixed_pzt_piezoresponse_loops.mat").resolve()
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def load_real() -> tuple[np.ndarray, np.ndarray]:
+    m = scipy.io.loadmat(MAT)
+    X = m["Loopdata_mixed"].reshape(-1, m["Loopdata_mixed"].shape[-1]).astype(float)
+    v = m["Voltagedata_mixed"].ravel().astype(float)
+    for i in np.flatnonzero(~np.isfinite(X).all(1)):
+        ok = np.isfinite(X[i])
+        X[i] = np.interp(np.arange(X.shape[1]), np.flatnonzero(ok), X[i, ok])
+    return X, v
+
+
+def timed_batched(X, v, model, repeats=3, **kw):
+    fit_loops(X[:64], v, model=model, **kw)            # warm-up (imports, torch kernels)
+    best, res = np.inf, None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = fit_loops(X, v, model=model, **kw)
+        best = min(best, time.perf_counter() - t)
+    return best, res
+
+
+def np_paper13(q, v, desc):
+    """The 13-parameter loop in plain numpy (cheaper than torch for one 96-step curve)."""
+    from scipy.special import erf
+
+    a1, a2, a3, b1, b2, b3, b4, b5, b6, b7, b8, au, al = q
+    s1 = (b1 + b2) / 2 + (b2 - b1) / 2 * erf((v - b7) / b5)
+    s2 = (b4 + b3) / 2 + (b3 - b4) / 2 * erf((v - b8) / b6)
+    s = np.where(desc, s1, s2)
+    return (a1 + a2) / 2 + (a2 - a1) / 2 * erf((v - np.where(desc, au, al)) / s) + a3 * v
+
+
+def np_bglib9(q, v, desc):
+    from scipy.special import erf
+
+    a0, a1, a2, a3, a4, b0, b1, b2, b3 = q
+    vc = np.where(desc, a2, a3)
+    lo, hi = np.where(desc, b0, b2), np.where(desc, b1, b3)
+    g = (hi - lo) / 2 * (erf((v - vc) * 1000.0) + 1) + lo
+    return a0 + a1 * (g * erf((v - vc) / g) + lo) / (lo + hi) + a4 * v
+
+
+NUMPY_MODELS = {"paper13": np_paper13, "bglib9": np_bglib9}
+
+
+def scipy_per_pixel(X, v, model, starts, pixels):
+    """One least_squares (trf, bounds, analytic Jacobian) per pixel and start; the best kept.
+
+    The residual is plain numpy; the Jacobian is the analytic one of switchscope (one call per
+    iteration).
+    """
+    mdl = MODELS[model]
+    desc = sweep_masks(v)
+    lo, hi = mdl.bounds(v)
+    kinds = np.array(mdl.param_kinds)
+    f = NUMPY_MODELS[model]
+    r2 = np.empty(pixels.size)
+    t = time.perf_counter()
+    for k, i in enumerate(pixels):
+        c, s = X[i].mean(), X[i].std()
+        y = (X[i] - c) / s
+        best = np.inf
+        for p0 in starts[i]:
+            q0 = p0.copy()
+            q0[kinds == "offset"] = (q0[kinds == "offset"] - c) / s
+            q0[kinds == "scale"] = q0[kinds == "scale"] / s
+            sol = least_squares(lambda q: f(q, v, desc) - y, q0,
+                                jac=lambda q: mdl.jacobian(q, v, desc), bounds=(lo, hi),
+                                method="trf")
+            best = min(best, 2 * sol.cost)
+        r2[k] = 1 - best / np.sum((y - y.mean()) ** 2)
+    return time.perf_counter() - t, r2
+
+
+def synthetic_loops(model, n, v, seed=0):
+    rng = np.random.default_rng(seed)
+    mdl = MODELS[model]
+    if model == "paper13":
+        p = np.column_stack([
+            rng.uniform(-1.2, -0.8, n), rng.uniform(0.8, 1.2, n), rng.uniform(-0.01, 0.01, n),
+            rng.uniform(1, 2, n), rng.uniform(2, 3, n), rng.uniform(2, 3, n), rng.uniform(1, 2, n),
+            rng.uniform(3, 6, n), rng.uniform(3, 6, n), rng.uniform(-2, 2, n),
+            rng.uniform(-2, 2, n), rng.uniform(-9, -3, n), rng.uniform(3, 9, n)])
+    else:
+        p = np.column_stack([
+            rng.uniform(-1.2, -0.8, n), rng.uniform(1.6, 2.4, n), rng.uniform(-9, -3, n),
+            rng.uniform(3, 9, n), rng.uniform(-0.01, 0.01, n), rng.uniform(1, 3, n, ),
+            rng.uniform(1, 3, n), rng.uniform(1, 3, n), rng.uniform(1, 3, n)])
+    out = np.empty((n, v.size))
+    for a in range(0, n, 50000):
+        out[a:a + 50000] = mdl(p[a:a + 50000], v)
+    return 1e-4 * (out + 0.02 * rng.normal(size=out.shape))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["paper13", "bglib9"], choices=list(MODELS))
+    ap.add_argument("--scipy-pixels", type=int, default=3600,
+                    help="pixels fitted per pixel with scipy (a random subset if < 3600)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 250_000],
+                    help="synthetic loop counts for the scaling run")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loops.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    X, v = load_real()
+    rng = np.random.default_rng(0)
+    n_sp = min(args.scipy_pixels, X.shape[0])
+    pixels = np.sort(rng.choice(X.shape[0], n_sp, replace=False)) if n_sp < X.shape[0] \
+        else np.arange(X.shape[0])
+    results = {"machine": platform.platform(), "torch": torch.__version__,
+               "torch_threads": args.threads, "n_loops": int(X.shape[0]), "models": {}}
+    for model in args.models:
+        rss0 = peak_rss_mb()
+        t_b, res = timed_batched(X, v, model, repeats=args.repeats)
+        rss_b = peak_rss_mb()
+        t_s, r2_s = scipy_per_pixel(X, v, model, res.starts, pixels)
+        t_s_all = t_s * X.shape[0] / pixels.size
+        r2_b = res.r2[pixels]
+        entry = {
+            "batched_seconds": round(t_b, 4),
+            "scipy_seconds": round(t_s, 3),
+            "scipy_pixels": int(pixels.size),
+            "scipy_seconds_all_pixels": round(t_s_all, 2),
+            "scipy_extrapolated": bool(pixels.size < X.shape[0]),
+            "speedup": round(t_s_all / t_b, 1),
+            "batched_median_r2": float(np.median(res.r2)),
+            "batched_median_r2_on_scipy_pixels": float(np.median(r2_b)),
+            "scipy_median_r2": float(np.median(r2_s)),
+            "batched_fraction_r2_above_0.9": float((res.r2 > 0.9).mean()),
+            "scipy_fraction_r2_above_0.9": float((r2_s > 0.9).mean()),
+            "batched_min_r2": float(np.min(res.r2)),
+            "scipy_min_r2": float(np.min(r2_s)),
+            "worst_r2_deficit_vs_scipy": float(np.max(r2_s - r2_b)),
+            "fraction_within_0.005_of_scipy": float(np.mean(r2_b >= r2_s - 0.005)),
+            "batched_converged_fraction": float(res.converged.mean()),
+            "peak_rss_mb_before": round(rss0, 1),
+            "peak_rss_mb_after_batched": round(rss_b, 1),
+        }
+        results["models"][model] = entry
+        print(f"{model}: batched {t_b:.3f} s, scipy {t_s_all:.1f} s"
+              f"{' (extrapolated from %d pixels)' % pixels.size if entry['scipy_extrapolated'] else ''}"
+              f" -> {entry['speedup']}x; median R2 batched {entry['batched_median_r2']:.5f} / "
+              f"scipy {entry['scipy_median_r2']:.5f}; R2>0.9: {entry['batched_fraction_r2_above_0.9']:.3f}"
+              f" / {entry['scipy_fraction_r2_above_0.9']:.3f}; worst deficit "
+              f"{entry['worst_r2_deficit_vs_scipy']:.4f}", flush=True)
+    scaling = []
+    for n in args.sizes:
+        Y = synthetic_loops(args.models[0], n, v)
+        t = time.perf_counter()
+        res = fit_loops(Y, v, model=args.models[0])
+        dt = time.perf_counter() - t
+        scaling.append({"n_loops": n, "seconds": round(dt, 3), "us_per_loop": round(1e6 * dt / n, 1),
+                        "median_r2": float(np.median(res.r2)), "peak_rss_mb": round(peak_rss_mb(), 1)})
+        print(f"scaling {args.models[0]}: {n} loops in {dt:.2f} s ({1e6 * dt / n:.0f} us/loop), "
+              f"peak RSS {peak_rss_mb():.0f} MB", flush=True)
+        del Y, res
+    results["scaling"] = scaling
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

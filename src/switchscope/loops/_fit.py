@@ -1,0 +1,434 @@
+"""Batched loop fitting of every pixel at once, and its result object."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .._dataset import check_voltage
+from .._errors import ConfigError, ConvergenceWarning, DataError, DataWarning
+from .._grid import GRID_DIMS, flatten, unflatten
+from ._lm import (STATUS_CONSTANT, STATUS_MAXITER, STATUS_MESSAGES, STATUS_NONFINITE,
+                  STATUS_TOO_FEW, levenberg_marquardt)
+from ._metrics import METRICS, loop_metrics
+from ._models import LoopModel, ModelName, get_model, sweep_masks
+
+#: Widths of the data-driven starts, as fractions of the voltage span.
+_GUESS_WIDTHS = (0.06, 0.2)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LoopFitResult:
+    """Result of :func:`fit_loops`.
+
+    Attributes
+    ----------
+    params : ndarray of shape (n_pixels, n_params)
+        Best-fit parameters in physical units (NaN where a pixel was not fitted).
+    param_names : tuple of str
+    stderr : ndarray of shape (n_pixels, n_params)
+        Standard errors from the Jacobian at the solution, ``sqrt(diag((J^T J)^-1) * SSE/(n - p))``
+        (NaN where the normal matrix is singular).
+    r2 : ndarray of shape (n_pixels,)
+        Coefficient of determination over the finite points.
+    converged : ndarray of bool, shape (n_pixels,)
+        True where the best start met a convergence test (status 0 or 1).
+    status : ndarray of int, shape (n_pixels,)
+        0: converged (cost decrease below ftol); 1: converged (step below xtol, or no further
+        decrease possible); 2: stopped at max_iter (parameters kept, flagged); 3: not fitted, too
+        few finite points; 4: not fitted, constant loop; 5: failed, non-finite result.
+    n_iter : ndarray of int, shape (n_pixels,)
+        Iterations of the best start.
+    metrics : dict of str to ndarray of shape (n_pixels,)
+        Switching parameters (see :data:`switchscope.loops.METRICS`).
+    fit : ndarray of shape (n_pixels, n_steps)
+        The fitted curves.
+    voltage : ndarray of shape (n_steps,)
+    descending : ndarray of bool, shape (n_steps,)
+        Steps of the descending sweep, read from the voltage.
+    model : str
+    grid : tuple of int or None
+        ``(rows, cols)`` when the input was a grid.
+    starts : ndarray of shape (n_pixels, n_starts, n_params)
+        The starting points tried for each pixel, in physical units (for reproducing the fit).
+    units : str
+        Units of the fitted response.
+    """
+
+    params: np.ndarray
+    param_names: tuple[str, ...]
+    stderr: np.ndarray
+    r2: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    n_iter: np.ndarray
+    metrics: dict[str, np.ndarray]
+    fit: np.ndarray
+    voltage: np.ndarray
+    descending: np.ndarray
+    model: str
+    grid: tuple[int, ...] | None
+    starts: np.ndarray
+    units: str = "a.u."
+
+    @property
+    def success(self) -> np.ndarray:
+        """Alias of :attr:`converged`."""
+        return self.converged
+
+    @property
+    def message(self) -> str:
+        counts = np.bincount(self.status, minlength=len(STATUS_MESSAGES))
+        return "; ".join(f"{int(c)} {STATUS_MESSAGES[i]}" for i, c in enumerate(counts) if c)
+
+    def __repr__(self) -> str:
+        n = self.r2.size
+        med = float(np.nanmedian(self.r2)) if np.isfinite(self.r2).any() else float("nan")
+        return (f"LoopFitResult({int(self.converged.sum())}/{n} pixels converged, "
+                f"median R2 {med:.4f}, model={self.model!r}; {self.message})")
+
+    def to_dataset(self, like: xr.Dataset | None = None) -> xr.Dataset:
+        """The result as ``loop_*`` variables.
+
+        Parameters
+        ----------
+        like : xarray.Dataset, optional
+            The input Dataset; the result is a new Dataset holding its variables plus the
+            ``loop_*`` ones. Without it, a Dataset of the loop variables alone.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``loop_params``/``loop_stderr`` (row, col, param), ``loop_r2``, ``loop_converged``,
+            ``loop_status``, ``loop_n_iter``, one ``loop_<metric>`` per switching parameter
+            (row, col), and ``loop_fit`` (row, col, step). Pixel dims are ``pixel`` when the
+            input was not a grid.
+        """
+        grid = self.grid
+        if like is not None and grid is None:
+            grid = (like.sizes["row"], like.sizes["col"])
+        if grid is None:
+            pdims: tuple[str, ...] = ("pixel",)
+        else:
+            pdims = GRID_DIMS
+
+        def put(values: np.ndarray, extra: tuple[str, ...] = (), **attrs: Any) -> xr.DataArray:
+            return xr.DataArray(unflatten(values, grid), dims=pdims + extra, attrs=attrs)
+
+        u = self.units
+        unit_of = {"V": "V", "response": u, "area": f"{u}*V", "1": "1"}
+        mdl = get_model(self.model)
+        # offsets and amplitudes carry the response's units, the slope units per volt
+        punits = ";".join(
+            "V" if kind == "voltage" else (f"{u}/V" if i == mdl.slope_index else u)
+            for i, kind in enumerate(mdl.param_kinds))
+        common = {"model": self.model, "reference": mdl.reference}
+        vars_ = {
+            "loop_params": put(self.params, ("param",), long_name="fitted loop parameters",
+                               units=punits, **common),
+            "loop_stderr": put(self.stderr, ("param",), long_name="standard errors of loop_params",
+                               units=punits, **common),
+            "loop_r2": put(self.r2, long_name="R2 of the loop fit", units="1"),
+            "loop_converged": put(self.converged, long_name="loop fit converged"),
+            "loop_status": put(self.status.astype(np.int64), long_name="loop fit status",
+                               flag_meanings=" | ".join(f"{k}: {m}" for k, m in
+                                                        STATUS_MESSAGES.items())),
+            "loop_n_iter": put(self.n_iter.astype(np.int64), long_name="iterations of the loop fit"),
+        }
+        for name, (long, kind) in METRICS.items():
+            vars_[f"loop_{name}"] = put(self.metrics[name], long_name=long, units=unit_of[kind])
+        vars_["loop_fit"] = put(self.fit, ("step",), long_name="fitted loop", units=u, **common)
+        out = xr.Dataset(vars_, coords={"param": list(self.param_names)})
+        if like is not None:
+            return like.assign(**{k: v for k, v in out.data_vars.items()}).assign_coords(
+                param=list(self.param_names))
+        if grid is not None:
+            out = out.assign_coords(row=np.arange(grid[0]), col=np.arange(grid[1]))
+        return out.assign_coords(voltage=("step", self.voltage, {"units": "V"}))
+
+
+# --------------------------------------------------------------------------------------------
+def _resolve_input(data: Any, voltage: Any, channel: str | None):
+    """``(X (n, n_steps) float64 numpy, grid, voltage, units, device)`` from any accepted input."""
+    device = None
+    units = "a.u."
+    if isinstance(data, xr.Dataset):
+        if channel is None:
+            channel = "piezoresponse_clean" if "piezoresponse_clean" in data else "piezoresponse"
+        X, grid = flatten(data, channel)
+        units = str(data[channel].attrs.get("units", units))
+        if voltage is None:
+            if "voltage" not in data.coords and "voltage" not in data:
+                raise DataError("the Dataset has no 'voltage' coordinate; pass voltage=<array (n_steps,)>")
+            voltage = data["voltage"].values
+    elif isinstance(data, xr.DataArray):
+        X, grid = flatten(data)
+        units = str(data.attrs.get("units", units))
+        if voltage is None and "voltage" in data.coords:
+            voltage = data["voltage"].values
+    else:
+        if isinstance(data, torch.Tensor):
+            device = data.device
+            data = data.detach().cpu().numpy()
+        X, grid = flatten(np.asarray(data))
+    if voltage is None:
+        raise DataError("voltage is required with a plain array; pass voltage=<array (n_steps,)>")
+    X = np.asarray(X, dtype=float)
+    if X.shape[0] == 0:
+        raise DataError("the data has no pixels; give at least one loop")
+    v = check_voltage(voltage, X.shape[1])
+    return X, grid, v, units, device
+
+
+def _check_options(n_clusters, max_iter, ftol, xtol, chunk_size, nucleation_fraction,
+                   race_iter) -> None:
+    def bad(name, allowed, value):
+        raise ConfigError(f"fit_loops: {name} must be {allowed}, got {value!r}")
+
+    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 0:
+        bad("n_clusters", "an integer >= 0", n_clusters)
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        bad("max_iter", "an integer >= 1", max_iter)
+    for name, val in (("ftol", ftol), ("xtol", xtol)):
+        if not isinstance(val, (int, float)) or not (0 < val < 1):
+            bad(name, "a number in (0, 1)", val)
+    if not isinstance(race_iter, (int, np.integer)) or isinstance(race_iter, bool) or race_iter < 1:
+        bad("race_iter", "an integer >= 1", race_iter)
+    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+        bad("chunk_size", "an integer >= 1", chunk_size)
+    if not isinstance(nucleation_fraction, (int, float)) or not (0 < nucleation_fraction < 0.5):
+        bad("nucleation_fraction", "a number in (0, 0.5)", nucleation_fraction)
+
+
+def _inside(p: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Clip starts strictly inside the box (a start on a bound can freeze that parameter)."""
+    span = np.where(np.isfinite(upper - lower), upper - lower, 0.0)
+    lo = np.where(np.isfinite(lower), lower + 1e-3 * span, -np.inf)
+    hi = np.where(np.isfinite(upper), upper - 1e-3 * span, np.inf)
+    return np.clip(p, lo, hi)
+
+
+def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.ndarray,
+                   n_clusters: int, seed: int, lm_kwargs: dict, lower: np.ndarray,
+                   upper: np.ndarray, tt: dict) -> np.ndarray:
+    """Fit the k-means centroids of the normalized loops; each pixel gets its centroid's fit.
+
+    Cluster-centre fits as starting points follow BGlib's loop fitter (k-means of the loops,
+    fit of the centres, centre parameters as each member's guess).
+    """
+    from sklearn.cluster import KMeans
+
+    n = Yn.shape[0]
+    k = min(n_clusters, n)
+    rng = np.random.default_rng(seed)
+    sample = Yn if n <= 20000 else Yn[rng.choice(n, 20000, replace=False)]
+    km = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(sample)
+    labels = km.predict(Yn) if sample is not Yn else km.labels_
+    cent = km.cluster_centers_
+    starts = np.stack([_inside(model.guess(v, desc, cent, width=wd), lower, upper)
+                       for wd in _GUESS_WIDTHS], axis=1)
+    kk = starts.shape[1]
+    order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
+    yt = torch.as_tensor(cent[:, order], **tt)
+    p, cost, _, _ = levenberg_marquardt(
+        model.split, torch.as_tensor(starts.reshape(-1, model.n_params), **tt), yt,
+        torch.ones_like(yt), torch.arange(k, device=tt["device"]).repeat_interleave(kk),
+        torch.as_tensor(v[desc], **tt), torch.as_tensor(v[~desc], **tt),
+        torch.as_tensor(lower, **tt), torch.as_tensor(upper, **tt), **lm_kwargs)
+    best = cost.reshape(k, kk).argmin(1)
+    cp = p.reshape(k, kk, -1)[torch.arange(k), best].cpu().numpy()
+    return _inside(cp[labels], lower, upper)
+
+
+def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "paper13", *,
+              channel: str | None = None, n_clusters: int = 8, max_iter: int = 100,
+              ftol: float = 1e-6, xtol: float = 1e-7, race_iter: int = 6, chunk_size: int = 4096,
+              nucleation_fraction: float = 0.03, dtype: torch.dtype = torch.float64,
+              device: str | torch.device | None = None, seed: int = 0) -> LoopFitResult:
+    """Fit a hysteresis-loop model to every pixel at once (batched Levenberg-Marquardt).
+
+    Parameters
+    ----------
+    data : xarray.Dataset, xarray.DataArray, ndarray or torch.Tensor
+        Loops: a Dataset (``channel``, default ``piezoresponse_clean`` if present, else
+        ``piezoresponse``), or an array of shape (n_pixels, n_steps) or (rows, cols, n_steps).
+    voltage : array of shape (n_steps,), optional
+        DC voltage per step; required with a plain array (a Dataset supplies its ``voltage``).
+    model : {"paper13", "bglib9"} or LoopModel
+        Loop model.
+    channel : str, optional
+        Variable of a Dataset to fit.
+    n_clusters : int
+        Clusters of the k-means priors (the fit of each cluster's mean loop is an extra start for
+        its members); 0 uses only the data-driven starts.
+    max_iter : int
+        Most iterations per pixel.
+    race_iter : int
+        Iterations every start runs before only the best start of each pixel goes on.
+    ftol, xtol : float
+        Convergence tolerances on the relative cost decrease and the relative step.
+    chunk_size : int
+        Pixels fitted together; bounds the memory (about ``chunk_size * n_starts * n_steps *
+        n_params * 8`` bytes for the Jacobian in float64).
+    nucleation_fraction : float
+        Change of the response, as a fraction of the loop height, that marks nucleation.
+    dtype : torch.dtype
+        Float type of the fit (float64 by default).
+    device : str or torch.device, optional
+        Where to fit; default the device of a torch input, else CPU.
+    seed : int
+        Seed of the k-means priors.
+
+    Returns
+    -------
+    LoopFitResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from switchscope.loops import fit_loops, paper13
+    >>> v = np.r_[np.linspace(16, -16, 49)[:-1], np.linspace(-16, 16, 49)[:-1]]
+    >>> p = [-1, 1, 0.01, 2, 3, 3, 2, 5, 5, 0, 0, -5, 5]
+    >>> res = fit_loops(paper13([p, p], v), v, n_clusters=0)
+    >>> bool(res.r2.min() > 0.999)
+    True
+    """
+    mdl = get_model(model)
+    _check_options(n_clusters, max_iter, ftol, xtol, chunk_size, nucleation_fraction, race_iter)
+    X, grid, v, units, in_device = _resolve_input(data, voltage, channel)
+    desc = sweep_masks(v)
+    dev = torch.device(device) if device is not None else (in_device or torch.device("cpu"))
+    tt = {"dtype": dtype, "device": dev}
+    n, m = X.shape
+    P = mdl.n_params
+    lower, upper = mdl.bounds(v)
+    if any(np.isfinite(lower[i]) or np.isfinite(upper[i])
+           for i, k in enumerate(mdl.param_kinds) if k != "voltage"):
+        raise ConfigError(f"model {mdl.name!r}: response parameters must be unbounded")
+
+    finite = np.isfinite(X)
+    nfin = finite.sum(1)
+    status = np.full(n, -1, dtype=np.int64)
+    status[nfin < P + 2] = STATUS_TOO_FEW
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        center = np.nanmean(np.where(finite, X, np.nan), axis=1)
+        scale = np.nanstd(np.where(finite, X, np.nan), axis=1)
+    const = (status < 0) & ~(scale > 1e-12 * np.maximum(np.abs(center), 1e-300))
+    status[const] = STATUS_CONSTANT
+    fitted = np.flatnonzero(status < 0)
+    if status[status == STATUS_TOO_FEW].size or const.any():
+        warnings.warn(f"{int((status == STATUS_TOO_FEW).sum())} pixel(s) with too few finite points "
+                      f"and {int(const.sum())} constant pixel(s) were not fitted (status 3, 4; NaN)",
+                      DataWarning, stacklevel=2)
+
+    params = np.full((n, P), np.nan)
+    stderr = np.full((n, P), np.nan)
+    r2 = np.full(n, np.nan)
+    n_iter = np.zeros(n, dtype=np.int64)
+    n_starts = len(_GUESS_WIDTHS) + (1 if n_clusters > 0 else 0)
+    starts_phys = np.full((n, n_starts, P), np.nan)
+    lm_kwargs = {"max_iter": max_iter, "ftol": ftol, "xtol": xtol}
+
+    if fitted.size:
+        c, s = center[fitted], scale[fitted]
+        Yn = (X[fitted] - c[:, None]) / s[:, None]
+        Wn = finite[fitted]
+        Yn = np.where(Wn, Yn, 0.0)
+        starts = [_inside(mdl.guess(v, desc, Yn, width=wd), lower, upper) for wd in _GUESS_WIDTHS]
+        if n_clusters > 0:
+            starts.append(_kmeans_priors(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs,
+                                         lower, upper, tt))
+        S = np.stack(starts, axis=1)                       # (n_fit, K, P) normalized units
+        K = S.shape[1]
+        # the models evaluate the descending steps first, then the ascending ones
+        order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
+        Yn, Wn = Yn[:, order], Wn[:, order]
+        vd, va = torch.as_tensor(v[desc], **tt), torch.as_tensor(v[~desc], **tt)
+        lo_t, hi_t = torch.as_tensor(lower, **tt), torch.as_tensor(upper, **tt)
+        best_p = np.empty((fitted.size, P))
+        best_st = np.empty(fitted.size, dtype=np.int64)
+        best_it = np.empty(fitted.size, dtype=np.int64)
+        race = min(race_iter, max_iter)
+        for a in range(0, fitted.size, chunk_size):
+            b = min(a + chunk_size, fitted.size)
+            nb = b - a
+            yt = torch.as_tensor(Yn[a:b], **tt)
+            wt = torch.as_tensor(Wn[a:b], **tt)
+            rows = torch.arange(nb, device=dev)
+            # Race: every start runs a few iterations, then only the best start per pixel goes on.
+            p0 = torch.as_tensor(S[a:b].reshape(-1, P), **tt)
+            p, cost, st, it = levenberg_marquardt(mdl.split, p0, yt, wt, rows.repeat_interleave(K),
+                                                  vd, va, lo_t, hi_t, **{**lm_kwargs,
+                                                                         "max_iter": race})
+            cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
+            k = cost.reshape(nb, K).argmin(1)
+            p = p.reshape(nb, K, P)[rows, k]
+            st = st.reshape(nb, K)[rows, k]
+            it = it.reshape(nb, K)[rows, k]
+            go_on = torch.nonzero(st == STATUS_MAXITER)[:, 0]
+            if go_on.numel() and max_iter > race:
+                p2, _, st2, it2 = levenberg_marquardt(mdl.split, p[go_on], yt, wt, go_on, vd, va,
+                                                      lo_t, hi_t, **{**lm_kwargs,
+                                                                     "max_iter": max_iter - race})
+                p[go_on], st[go_on], it[go_on] = p2, st2, it[go_on] + it2
+            best_p[a:b] = p.cpu().numpy()
+            best_st[a:b] = st.cpu().numpy()
+            best_it[a:b] = it.cpu().numpy()
+            # R2 and standard errors at the best start, in normalized units
+            f, J = mdl.split(p, vd, va, True)
+            r = (f - yt) * wt
+            sse = (r * r).sum(1)
+            yw = yt * wt
+            nf = wt.sum(1)
+            sst = ((yw - (yw.sum(1) / nf)[:, None]) * wt).pow(2).sum(1)
+            r2[fitted[a:b]] = (1.0 - sse / sst).cpu().numpy()
+            Jw = J * wt[:, None, :]
+            A = torch.bmm(Jw, Jw.transpose(1, 2))
+            Ainv, info = torch.linalg.inv_ex(A)
+            dof = torch.clamp(nf - P, min=1.0)
+            var = torch.diagonal(Ainv, dim1=1, dim2=2) * (sse / dof)[:, None]
+            se = torch.sqrt(torch.clamp(var, min=0.0))
+            se = torch.where(((info == 0)[:, None]) & (var >= 0), se, torch.nan)
+            stderr[fitted[a:b]] = se.cpu().numpy()
+        # back to physical units
+        kinds = np.array(mdl.param_kinds)
+        off, sc = kinds == "offset", kinds == "scale"
+        bp = best_p.copy()
+        bp[:, off] = bp[:, off] * s[:, None] + c[:, None]
+        bp[:, sc] = bp[:, sc] * s[:, None]
+        stderr[np.ix_(fitted, np.flatnonzero(off | sc))] *= s[:, None]
+        Sp = S.copy()
+        Sp[:, :, off] = Sp[:, :, off] * s[:, None, None] + c[:, None, None]
+        Sp[:, :, sc] = Sp[:, :, sc] * s[:, None, None]
+        params[fitted] = bp
+        starts_phys[fitted] = Sp
+        status[fitted] = best_st
+        n_iter[fitted] = best_it
+
+    bad = (status < STATUS_TOO_FEW) & ~(np.isfinite(params).all(1) & np.isfinite(r2))
+    status[bad] = STATUS_NONFINITE
+    notfit = status >= STATUS_TOO_FEW
+    params[notfit] = np.nan
+    stderr[notfit] = np.nan
+    r2[notfit] = np.nan
+    converged = status <= 1
+    n_max = int((status == STATUS_MAXITER).sum())
+    if n_max or bad.any():
+        warnings.warn(f"{n_max} pixel(s) stopped at max_iter={max_iter} (status 2) and "
+                      f"{int(bad.sum())} failed (status 5); see result.status", ConvergenceWarning,
+                      stacklevel=2)
+    fit = np.full((n, m), np.nan)
+    ok = ~notfit
+    if ok.any():
+        fit[ok] = mdl(params[ok], v, desc)
+    metrics = loop_metrics(mdl, params, v, nucleation_fraction=nucleation_fraction)
+    return LoopFitResult(params=params, param_names=mdl.param_names, stderr=stderr, r2=r2,
+                         converged=converged, status=status, n_iter=n_iter, metrics=metrics,
+                         fit=fit, voltage=v, descending=desc, model=mdl.name, grid=grid,
+                         starts=starts_phys, units=units)

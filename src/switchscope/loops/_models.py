@@ -1,0 +1,426 @@
+"""Hysteresis-loop models: function, analytic Jacobian, bounds and a data-driven guess.
+
+Every model is a pair of branch functions of the voltage: one for the steps of the descending
+sweep (voltage falling, switching at the negative coercive voltage) and one for the ascending
+sweep. Which step belongs to which sweep is read from the voltage array by :func:`sweep_masks`,
+never assumed from the position in the array, so waveforms that start at 0 V, at +Vmax or at
+-Vmax are all handled.
+
+All model code is written in torch and is batched over pixels: parameters ``(n, n_params)``,
+voltage ``(n_steps,)``, output ``(n, n_steps)`` and Jacobian ``(n, n_steps, n_params)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from .._errors import ConfigError, DataError
+
+ModelName = Literal["paper13", "bglib9"]
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+# --------------------------------------------------------------------------------------------
+# Waveform
+# --------------------------------------------------------------------------------------------
+def sweep_masks(voltage: np.ndarray) -> np.ndarray:
+    """Boolean mask of the steps that belong to the descending sweep.
+
+    Parameters
+    ----------
+    voltage : ndarray of shape (n_steps,)
+        DC voltage of each step, one bipolar triangle (e.g. +V -> -V -> +V, or 0 -> +V -> -V -> 0).
+
+    Returns
+    -------
+    descending : ndarray of bool, shape (n_steps,)
+        True where the voltage is falling. The turning points belong to the sweep that starts
+        there; at a turning point both branches are saturated, so the choice does not matter.
+
+    Raises
+    ------
+    DataError
+        If the voltage is not a single bipolar triangle (more than two turning points, one sweep
+        direction only, or too few steps on either sweep).
+    """
+    v = np.asarray(voltage, dtype=float).ravel()
+    if v.size < 8:
+        raise DataError(f"the voltage has {v.size} steps; a bipolar loop needs at least 8")
+    if not np.all(np.isfinite(v)):
+        raise DataError("the voltage holds NaN or Inf values; give a finite voltage for every step")
+    dv = np.diff(v)
+    direction = np.sign(dv)
+    # A flat step (repeated voltage) keeps the direction of the previous step.
+    for i in range(direction.size):
+        if direction[i] == 0:
+            direction[i] = direction[i - 1] if i > 0 else 0
+    if direction[0] == 0:
+        nz = direction[direction != 0]
+        if nz.size == 0:
+            raise DataError("the voltage is constant; loop fitting needs a bipolar triangle waveform")
+        direction[direction == 0] = nz[0]
+    turns = int(np.count_nonzero(np.diff(direction) != 0))
+    if turns == 0 or turns > 2:
+        raise DataError(
+            f"the voltage is not one bipolar triangle (it changes direction {turns} times); "
+            "give one cycle, e.g. +V -> -V -> +V, or split the cycles before fitting"
+        )
+    descending = np.empty(v.size, dtype=bool)
+    descending[:-1] = direction < 0
+    descending[-1] = direction[-1] < 0
+    n_desc = int(descending.sum())
+    if min(n_desc, v.size - n_desc) < 4:
+        raise DataError(
+            f"the voltage has {n_desc} descending and {v.size - n_desc} ascending steps; "
+            "each sweep needs at least 4 steps"
+        )
+    if not (v.min() < 0 < v.max()):
+        raise DataError(
+            f"the voltage runs from {v.min():g} V to {v.max():g} V; a bipolar loop must cross 0 V"
+        )
+    return descending
+
+
+def _erf_gauss(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``erf(z)`` and its derivative ``2/sqrt(pi) exp(-z^2)``."""
+    return torch.erf(z), _TWO_OVER_SQRT_PI * torch.exp(-z * z)
+
+
+# --------------------------------------------------------------------------------------------
+# Model objects
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LoopModel:
+    """A loop model: names, function, Jacobian, bounds, and how its parameters scale.
+
+    Attributes
+    ----------
+    name : str
+        Registry name.
+    param_names : tuple of str
+        Parameter names, in the order of the parameter vector.
+    param_kinds : tuple of str
+        Per parameter: ``"offset"`` (response level: scales and shifts with the response),
+        ``"scale"`` (response amplitude or slope: scales with the response) or ``"voltage"``
+        (a voltage or width in volts: unchanged by response scaling).
+    split : callable
+        ``split(p, v_desc, v_asc, jac) -> (f, J or None)``: the model on the descending steps
+        followed by the ascending ones, ``p (n, n_params)``, ``f (n, m)``, ``J (n, n_params, m)``
+        (parameter-major, so that ``J J^T`` is one contiguous batched product).
+    bounds : callable
+        ``bounds(voltage) -> (lower, upper)``, arrays of shape (n_params,) in physical units.
+    guess : callable
+        ``guess(voltage, descending, y) -> p0 (n, n_params)``; a data-driven start.
+    levels : callable
+        ``levels(p) -> (low, high)``: the response levels the loop saturates to at large negative
+        and positive voltage, without the linear background.
+    """
+
+    name: str
+    param_names: tuple[str, ...]
+    param_kinds: tuple[str, ...]
+    split: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    bounds: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    guess: Callable[..., np.ndarray]
+    levels: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    slope_index: int
+    reference: str
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    def evaluate(self, p: torch.Tensor, voltage: torch.Tensor, descending: torch.Tensor,
+                 jac: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model in step order: ``f (n, n_steps)`` and ``J (n, n_steps, n_params)``."""
+        v = voltage.to(p.dtype)
+        desc = descending.to(torch.bool)
+        order = torch.cat((torch.nonzero(desc)[:, 0], torch.nonzero(~desc)[:, 0]))
+        f_s, J_s = self.split(p, v[desc], v[~desc], jac)
+        f = torch.empty_like(f_s)
+        f[:, order] = f_s
+        if J_s is None:
+            return f, None
+        J = torch.empty((p.shape[0], v.shape[0], p.shape[1]), dtype=p.dtype, device=p.device)
+        J[:, order] = J_s.transpose(1, 2)
+        return f, J
+
+    def __call__(self, params, voltage, descending=None) -> np.ndarray:
+        """Evaluate the model with numpy inputs: ``params (n, n_params)`` -> ``(n, n_steps)``."""
+        v = np.asarray(voltage, dtype=float).ravel()
+        d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
+        p = torch.as_tensor(np.atleast_2d(np.asarray(params, dtype=float)))
+        f, _ = self.evaluate(p, torch.as_tensor(v), torch.as_tensor(d), False)
+        out = f.numpy()
+        return out[0] if np.ndim(params) == 1 else out
+
+    def jacobian(self, params, voltage, descending=None) -> np.ndarray:
+        """Analytic Jacobian with numpy inputs: ``(n, n_params)`` -> ``(n, n_steps, n_params)``."""
+        v = np.asarray(voltage, dtype=float).ravel()
+        d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
+        p = torch.as_tensor(np.atleast_2d(np.asarray(params, dtype=float)))
+        _, J = self.evaluate(p, torch.as_tensor(v), torch.as_tensor(d), True)
+        out = J.numpy()
+        return out[0] if np.ndim(params) == 1 else out
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces of the guesses
+# --------------------------------------------------------------------------------------------
+def _span(voltage: np.ndarray) -> float:
+    return float(voltage.max() - voltage.min())
+
+
+def _saturation_levels(voltage: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean response over the steps within 10 % of the span of each voltage end."""
+    span = _span(voltage)
+    lo = voltage <= voltage.min() + 0.1 * span
+    hi = voltage >= voltage.max() - 0.1 * span
+    return y[:, lo].mean(axis=1), y[:, hi].mean(axis=1)
+
+
+def _branch_switch(voltage: np.ndarray, mask: np.ndarray, y: np.ndarray, low: np.ndarray,
+                   high: np.ndarray) -> np.ndarray:
+    """Switching voltage of one branch from the area under its normalized response.
+
+    For a step from ``low`` to ``high`` at ``V0`` on ``[vmin, vmax]``, the integral of the
+    normalized response is ``vmax - V0``; integrating is far less noise-sensitive than locating
+    the midpoint crossing.
+    """
+    order = np.argsort(voltage[mask], kind="stable")
+    v = voltage[mask][order]
+    t = (y[:, mask][:, order] - low[:, None]) / (high - low)[:, None]
+    t = np.clip(t, 0.0, 1.0)
+    area = np.trapezoid(t, v, axis=1) if hasattr(np, "trapezoid") else np.trapz(t, v, axis=1)
+    return np.clip(v.max() - area, v.min(), v.max())
+
+
+def _common_guess(voltage: np.ndarray, descending: np.ndarray, y: np.ndarray):
+    voltage = np.asarray(voltage, dtype=float)
+    y = np.asarray(y, dtype=float)
+    low, high = _saturation_levels(voltage, y)
+    same = np.isclose(high, low, rtol=0, atol=1e-12 * (np.abs(high) + np.abs(low) + 1e-300))
+    high = np.where(same, low + 1.0, high)
+    v_neg = _branch_switch(voltage, descending, y, low, high)
+    v_pos = _branch_switch(voltage, ~descending, y, low, high)
+    return low, high, v_neg, v_pos
+
+
+# --------------------------------------------------------------------------------------------
+# paper13: Agar et al. 2019 (DESIGN section 2.3)
+# --------------------------------------------------------------------------------------------
+PAPER13_NAMES = ("a1", "a2", "a3", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "Au", "Al")
+
+
+def _paper13_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: bool):
+    """The paper's 13-parameter loop on the descending steps ``vd`` then the ascending ``va``.
+
+    ``S1 = (b1+b2)/2 + (b2-b1)/2 erf((V-b7)/b5)`` and
+    ``S2 = (b4+b3)/2 + (b3-b4)/2 erf((V-b8)/b6)`` are voltage-dependent widths; the descending
+    branch is ``(a1+a2)/2 + (a2-a1)/2 erf((V-Au)/S1) + a3 V``, the ascending branch the same with
+    ``Al`` and ``S2`` (Agar et al., Nat. Commun. 10, 4809 (2019), Methods).
+    """
+    a1, a2, a3, b1, b2, b3, b4, b5, b6, b7, b8, au, al = (p[:, i:i + 1] for i in range(13))
+    md = vd.shape[0]
+    w1 = (vd - b7) / b5
+    ew1, gw1 = _erf_gauss(w1)
+    s1 = 0.5 * (b1 + b2) + 0.5 * (b2 - b1) * ew1
+    z1 = (vd - au) / s1
+    w2 = (va - b8) / b6
+    ew2, gw2 = _erf_gauss(w2)
+    s2 = 0.5 * (b4 + b3) + 0.5 * (b3 - b4) * ew2
+    z2 = (va - al) / s2
+    v = torch.cat((vd, va))
+    ez, gz = _erf_gauss(torch.cat((z1, z2), dim=1))
+    h = 0.5 * (a2 - a1)
+    f = 0.5 * (a1 + a2) + h * ez + a3 * v
+    if not jac:
+        return f, None
+    n, m = f.shape
+    J = p.new_empty((n, 13, m))
+    # each branch's own parameters have no effect on the other branch
+    J[:, (3, 4, 7, 9, 11), md:] = 0.0
+    J[:, (5, 6, 8, 10, 12), :md] = 0.0
+    J[:, 0] = 0.5 - 0.5 * ez
+    J[:, 1] = 1.0 - J[:, 0]
+    J[:, 2] = v
+    df_da = -h * gz / torch.cat((s1, s2), dim=1)
+    df_da1, df_da2 = df_da[:, :md], df_da[:, md:]
+    df_ds1, df_ds2 = df_da1 * z1, df_da2 * z2
+    J[:, 3, :md] = df_ds1 * (0.5 - 0.5 * ew1)
+    J[:, 4, :md] = df_ds1 - J[:, 3, :md]
+    J[:, 9, :md] = df_ds1 * (0.5 * (b2 - b1) / b5) * gw1 * -1.0
+    J[:, 7, :md] = J[:, 9, :md] * w1
+    J[:, 11, :md] = df_da1
+    J[:, 5, md:] = df_ds2 * (0.5 + 0.5 * ew2)
+    J[:, 6, md:] = df_ds2 - J[:, 5, md:]
+    J[:, 10, md:] = df_ds2 * (0.5 * (b3 - b4) / b6) * gw2 * -1.0
+    J[:, 8, md:] = J[:, 10, md:] * w2
+    J[:, 12, md:] = df_da2
+    return f, J
+
+
+def _paper13_bounds(voltage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(voltage, dtype=float)
+    span, vmin, vmax = _span(v), float(v.min()), float(v.max())
+    inf = np.inf
+    wmin = 1e-3 * span
+    lower = np.array([-inf, -inf, -inf, wmin, wmin, wmin, wmin, wmin, wmin,
+                      vmin - 0.5 * span, vmin - 0.5 * span, vmin, vmin])
+    upper = np.array([inf, inf, inf, span, span, span, span, 2 * span, 2 * span,
+                      vmax + 0.5 * span, vmax + 0.5 * span, vmax, vmax])
+    return lower, upper
+
+
+def _paper13_guess(voltage: np.ndarray, descending: np.ndarray, y: np.ndarray,
+                   width: float = 0.06) -> np.ndarray:
+    low, high, v_neg, v_pos = _common_guess(voltage, descending, y)
+    span = _span(np.asarray(voltage, dtype=float))
+    n = low.shape[0]
+    p = np.empty((n, 13))
+    p[:, 0], p[:, 1], p[:, 2] = low, high, 0.0
+    # b1 != b2 and b3 != b4: with equal widths, b5 and b7 have a zero Jacobian (DESIGN 8).
+    p[:, 3], p[:, 4] = width * span, 1.5 * width * span
+    p[:, 5], p[:, 6] = 1.5 * width * span, width * span
+    p[:, 7], p[:, 8] = 0.2 * span, 0.2 * span
+    p[:, 9], p[:, 10] = v_neg, v_pos
+    p[:, 11], p[:, 12] = v_neg, v_pos
+    return p
+
+
+def _paper13_levels(p: torch.Tensor):
+    return p[:, 0], p[:, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# bglib9: BGlib's 9-parameter loop
+# --------------------------------------------------------------------------------------------
+BGLIB9_NAMES = ("a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3")
+#: Sharpness (1/V) of the switch between the two widths of a branch, as in BGlib.
+BGLIB9_D = 1000.0
+
+
+def _bglib9_branch(v, a0, a1, vc, a4, w_lo, w_hi, jac: bool):
+    """One branch of the 9-parameter loop and its derivatives.
+
+    ``g = (w_hi - w_lo)/2 (erf(d (V - vc)) + 1) + w_lo``,
+    ``y = (g erf((V - vc)/g) + w_lo) / (w_lo + w_hi)``, ``f = a0 + a1 y + a4 V``.
+    """
+    x = v - vc
+    ed, gd = _erf_gauss(BGLIB9_D * x)
+    g = 0.5 * (w_hi - w_lo) * (ed + 1.0) + w_lo
+    z = x / g
+    ez, gz = _erf_gauss(z)
+    ssum = w_lo + w_hi
+    y = (g * ez + w_lo) / ssum
+    f = a0 + a1 * y + a4 * v
+    if not jac:
+        return f, None
+    dy_dg = (ez - gz * z) / ssum                   # d/dg [g erf(x/g)] = erf(z) - z erf'(z)
+    dg_dvc = -0.5 * (w_hi - w_lo) * gd * BGLIB9_D
+    dy_dvc = dy_dg * dg_dvc - gz / ssum            # explicit x-dependence: g erf'(z) (-1/g)
+    dg_dlo = 1.0 - 0.5 * (ed + 1.0)
+    dg_dhi = 0.5 * (ed + 1.0)
+    dy_dlo = dy_dg * dg_dlo + (1.0 - y) / ssum     # numerator +1, denominator -y/ssum
+    dy_dhi = dy_dg * dg_dhi - y / ssum
+    return f, (y, a1 * dy_dvc, a1 * dy_dlo, a1 * dy_dhi)
+
+
+def _bglib9_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: bool):
+    """BGlib's 9-parameter loop (pycroscopy/BGlib, ``BGlib/be/analysis/utils/be_loop.py``,
+    ``loop_fit_function``): the descending branch switches at ``a2`` with widths ``b0`` (below
+    ``a2``) and ``b1`` (above), the ascending branch at ``a3`` with widths ``b2``, ``b3``; both
+    share the level ``a0``, the amplitude ``a1`` and the slope ``a4``. BGlib splits the waveform
+    into halves by position; here the branches are chosen by the sweep direction."""
+    a0, a1, a2, a3, a4, b0, b1, b2, b3 = (p[:, i:i + 1] for i in range(9))
+    md = vd.shape[0]
+    f1, j1 = _bglib9_branch(vd, a0, a1, a2, a4, b0, b1, jac)
+    f2, j2 = _bglib9_branch(va, a0, a1, a3, a4, b2, b3, jac)
+    f = torch.cat((f1, f2), dim=1)
+    if not jac:
+        return f, None
+    n, m = f.shape
+    J = p.new_empty((n, 9, m))
+    J[:, (2, 5, 6), md:] = 0.0
+    J[:, (3, 7, 8), :md] = 0.0
+    J[:, 0] = 1.0
+    J[:, 1, :md] = j1[0]
+    J[:, 1, md:] = j2[0]
+    J[:, 2, :md] = j1[1]
+    J[:, 3, md:] = j2[1]
+    J[:, 4] = torch.cat((vd, va))
+    J[:, 5, :md] = j1[2]
+    J[:, 6, :md] = j1[3]
+    J[:, 7, md:] = j2[2]
+    J[:, 8, md:] = j2[3]
+    return f, J
+
+
+def _bglib9_bounds(voltage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(voltage, dtype=float)
+    span, vmin, vmax = _span(v), float(v.min()), float(v.max())
+    inf = np.inf
+    wmin = 1e-3 * span
+    lower = np.array([-inf, -inf, vmin, vmin, -inf, wmin, wmin, wmin, wmin])
+    upper = np.array([inf, inf, vmax, vmax, inf, span, span, span, span])
+    return lower, upper
+
+
+def _bglib9_guess(voltage: np.ndarray, descending: np.ndarray, y: np.ndarray,
+                  width: float = 0.06) -> np.ndarray:
+    low, high, v_neg, v_pos = _common_guess(voltage, descending, y)
+    span = _span(np.asarray(voltage, dtype=float))
+    p = np.empty((low.shape[0], 9))
+    p[:, 0], p[:, 1] = low, high - low
+    p[:, 2], p[:, 3], p[:, 4] = v_neg, v_pos, 0.0
+    p[:, 5], p[:, 6] = width * span, 1.5 * width * span
+    p[:, 7], p[:, 8] = 1.5 * width * span, width * span
+    return p
+
+
+def _bglib9_levels(p: torch.Tensor):
+    return p[:, 0], p[:, 0] + p[:, 1]
+
+
+MODELS: dict[str, LoopModel] = {
+    "paper13": LoopModel(
+        name="paper13",
+        param_names=PAPER13_NAMES,
+        param_kinds=("offset", "offset", "scale") + ("voltage",) * 10,
+        split=_paper13_split,
+        bounds=_paper13_bounds,
+        guess=_paper13_guess,
+        levels=_paper13_levels,
+        slope_index=2,
+        reference="Agar et al., Nat. Commun. 10, 4809 (2019), Methods: 13-parameter loop",
+    ),
+    "bglib9": LoopModel(
+        name="bglib9",
+        param_names=BGLIB9_NAMES,
+        param_kinds=("offset", "scale", "voltage", "voltage", "scale") + ("voltage",) * 4,
+        split=_bglib9_split,
+        bounds=_bglib9_bounds,
+        guess=_bglib9_guess,
+        levels=_bglib9_levels,
+        slope_index=4,
+        reference="pycroscopy/BGlib, BGlib/be/analysis/utils/be_loop.py, loop_fit_function",
+    ),
+}
+
+paper13 = MODELS["paper13"]
+bglib9 = MODELS["bglib9"]
+
+
+def get_model(model: str | LoopModel) -> LoopModel:
+    """A model by name (or the model itself)."""
+    if isinstance(model, LoopModel):
+        return model
+    if model not in MODELS:
+        raise ConfigError(f"unknown loop model {model!r}; valid models are: {', '.join(MODELS)}")
+    return MODELS[model]

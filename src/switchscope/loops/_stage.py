@@ -1,0 +1,153 @@
+"""The ``loops`` stage of ``switchscope run`` and its configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .._config import StageConfig, register
+from .._context import RunContext
+from .._errors import ConfigError, DataError
+from ._fit import LoopFitResult, fit_loops
+from ._metrics import METRICS
+from ._models import MODELS
+
+
+@register("loops")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopsConfig(StageConfig):
+    """Configuration of the ``loops`` stage (section ``[loops]``).
+
+    Attributes
+    ----------
+    model : {"paper13", "bglib9"}
+        Loop model: the paper's 13-parameter loop or BGlib's 9-parameter loop.
+    channel : str or None
+        Variable to fit; None fits ``piezoresponse_clean`` if present, else ``piezoresponse``.
+    n_clusters : int
+        Clusters of the k-means priors (0: data-driven starts only).
+    max_iter : int
+        Most Levenberg-Marquardt iterations per pixel.
+    race_iter : int
+        Iterations every start runs before only the best start of each pixel goes on.
+    ftol, xtol : float
+        Convergence tolerances (relative cost decrease, relative step).
+    chunk_size : int
+        Pixels fitted together (bounds memory).
+    nucleation_fraction : float
+        Change of the response, as a fraction of the height, that marks nucleation.
+    dtype : {"float64", "float32"}
+        Float type of the fit.
+    figures : bool
+        Write the switching maps and the example-pixel grid.
+    """
+
+    model: Literal["paper13", "bglib9"] = "paper13"
+    channel: str | None = None
+    n_clusters: int = 8
+    max_iter: int = 100
+    race_iter: int = 6
+    ftol: float = 1e-6
+    xtol: float = 1e-7
+    chunk_size: int = 4096
+    nucleation_fraction: float = 0.03
+    dtype: Literal["float64", "float32"] = "float64"
+    figures: bool = True
+
+    presets = {"paper": {"model": "paper13", "nucleation_fraction": 0.03}}
+
+    def validate(self) -> None:
+        self.check_choice("model", tuple(MODELS))
+        if self.channel is not None and not isinstance(self.channel, str):
+            self._fail("channel", "a variable name or None", self.channel)
+        self.check_number("n_clusters", lo=0, integer=True)
+        self.check_number("max_iter", lo=1, integer=True)
+        self.check_number("race_iter", lo=1, integer=True)
+        self.check_number("ftol", lo=0, hi=0.1, lo_open=True)
+        self.check_number("xtol", lo=0, hi=0.1, lo_open=True)
+        self.check_number("chunk_size", lo=1, integer=True)
+        self.check_number("nucleation_fraction", lo=0, hi=0.49, lo_open=True)
+        self.check_choice("dtype", ("float64", "float32"))
+        self.check_choice("figures", (True, False))
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def run_fit(ds: xr.Dataset, config: LoopsConfig, *, device: str | None = None,
+            seed: int = 0) -> LoopFitResult:
+    """Fit the loops of ``ds`` with the options of ``config``."""
+    if not isinstance(config, LoopsConfig):
+        raise ConfigError(f"the loops stage needs a LoopsConfig, got {type(config).__name__}")
+    channel = config.channel
+    if channel is None:
+        channel = "piezoresponse_clean" if "piezoresponse_clean" in ds else "piezoresponse"
+    if channel not in ds:
+        raise DataError(f"the loops stage fits {channel!r}, which is not in the data "
+                        f"(has: {', '.join(map(str, ds.data_vars))}); set [loops] channel")
+    return fit_loops(ds, model=config.model, channel=channel, n_clusters=int(config.n_clusters),
+                     max_iter=int(config.max_iter), race_iter=int(config.race_iter),
+                     ftol=float(config.ftol), xtol=float(config.xtol),
+                     chunk_size=int(config.chunk_size),
+                     nucleation_fraction=float(config.nucleation_fraction),
+                     dtype=getattr(torch, config.dtype), device=device, seed=seed)
+
+
+def fit_loops_dataset(ds: xr.Dataset, config: LoopsConfig | None = None) -> xr.Dataset:
+    """Fit every loop of ``ds`` and return a new Dataset with the ``loop_*`` variables added.
+
+    This is what ``switchscope fit-loops`` calls.
+    """
+    config = config or LoopsConfig()
+    return run_fit(ds, config).to_dataset(like=ds)
+
+
+def _summary(res: LoopFitResult, seconds: float) -> dict:
+    r2 = res.r2[np.isfinite(res.r2)]
+
+    def med(x: np.ndarray) -> float | None:
+        x = x[np.isfinite(x)]
+        return float(np.median(x)) if x.size else None
+
+    out = {
+        "model": res.model,
+        "n_pixels": int(res.r2.size),
+        "n_converged": int(res.converged.sum()),
+        "status_counts": {str(k): int(c) for k, c in enumerate(np.bincount(res.status)) if c},
+        "median_r2": float(np.median(r2)) if r2.size else None,
+        "min_r2": float(r2.min()) if r2.size else None,
+        "fraction_r2_above_0.9": float((r2 > 0.9).mean()) if r2.size else None,
+        "seconds": round(seconds, 4),
+    }
+    for name in METRICS:
+        out[f"median_{name}"] = med(res.metrics[name])
+    return out
+
+
+def stage(ds: xr.Dataset, config: LoopsConfig, ctx: RunContext) -> xr.Dataset:
+    """Pipeline stage ``loops``: fit every loop, add the ``loop_*`` variables and switching maps.
+
+    Adds ``ctx.summary["loops"]`` (model, convergence, R2, medians of the switching parameters,
+    time) and, with ``config.figures``, ``loop_maps.png`` and ``loop_examples.png``.
+    """
+    t0 = time.perf_counter()
+    res = run_fit(ds, config, device=_device(ctx.device), seed=ctx.seed)
+    seconds = time.perf_counter() - t0
+    out = res.to_dataset(like=ds)
+    ctx.summary["loops"] = _summary(res, seconds)
+    if config.figures:
+        from ..report.figures_loops import plot_loop_examples, plot_loop_maps
+
+        data = ds[config.channel or ("piezoresponse_clean" if "piezoresponse_clean" in ds
+                                     else "piezoresponse")].values
+        plot_loop_maps(res, ctx.figures / "loop_maps.png")
+        plot_loop_examples(res, data.reshape(-1, data.shape[-1]), ctx.figures / "loop_examples.png")
+    return out
