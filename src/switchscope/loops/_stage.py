@@ -107,6 +107,13 @@ def fit_loops_dataset(ds: xr.Dataset, config: LoopsConfig | None = None) -> xr.D
     This is what ``switchscope fit-loops`` calls.
     """
     config = config or LoopsConfig()
+    channel = config.channel or ("piezoresponse_clean" if "piezoresponse_clean" in ds else "piezoresponse")
+    if channel in ds:
+        n_inf = int(np.isinf(ds[channel].values).sum())
+        if n_inf:
+            # NaNs are gaps a fit can skip; Inf marks failed upstream fits that need cleaning.
+            raise DataError(f"{channel!r} holds {n_inf} Inf value(s); clean the data first "
+                            "(switchscope run --data FILE --stages clean) or replace them with NaN")
     return run_fit(ds, config).to_dataset(like=ds)
 
 
