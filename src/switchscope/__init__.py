@@ -20,7 +20,42 @@ from .synthetic import make_dataset as make_synthetic
 
 __version__ = "0.1.0"
 
-__all__ = [
+# Names from modules that import torch or matplotlib are loaded on first use, so that
+# `import switchscope` and the command line start fast.
+_LAZY = {
+    "fit_loops": "switchscope.loops",
+    "fit_loops_dataset": "switchscope.loops",
+    "LoopFitResult": "switchscope.loops",
+    "LoopsConfig": "switchscope.loops",
+    "decompose_dataset": "switchscope.decomposition",
+    "DecompositionConfig": "switchscope.decomposition",
+    "Autoencoder": "switchscope.autoencoder",
+    "AutoencoderConfig": "switchscope.autoencoder",
+    "load_keras": "switchscope.autoencoder.keras",
+    "load_keras_decoder": "switchscope.autoencoder.keras",
+    "load_pretrained": "switchscope.autoencoder.keras",
+    "InterpretConfig": "switchscope.interpret",
+    "generate_loops": ("switchscope.interpret", "generate"),
+    "build_report": "switchscope.report",
+    "ReportConfig": "switchscope.report",
+    "run": "switchscope.pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        target = _LAZY[name]
+        module, attr = target if isinstance(target, tuple) else (target, name)
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'switchscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+__all__ = [*_LAZY,
     "CHANNELS",
     "CleanConfig",
     "SyntheticConfig",
