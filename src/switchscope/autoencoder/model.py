@@ -1,0 +1,157 @@
+"""The sparse bidirectional-LSTM autoencoder of Agar et al. (2019), in PyTorch.
+
+Architecture (the paper's, DESIGN section 2.5), with sizes as arguments::
+
+    x (batch, steps, 1)
+    -> depth x [bidirectional LSTM(hidden per direction) -> dropout]   (last layer: final states only)
+    -> batch norm -> dense(n_neurons) + ReLU            = the embedding, L1 activity penalty
+    -> batch norm -> repeat to the sequence length
+    -> depth x [bidirectional LSTM(hidden per direction) -> dropout]
+    -> per-step linear(1)                               = the reconstruction (batch, steps)
+
+With ``hidden=64, depth=4, n_neurons=16`` this is the published network: Keras counts 670,929
+parameters; torch counts 674,737 trainable ones (two LSTM biases per gate, +4,096; batch-norm
+moving statistics kept as buffers, -288).
+Training uses PyTorch's fused LSTM (sigmoid gates); the published Keras weights, whose recurrent
+activation is ``hard_sigmoid``, load into the separate exact twin in :mod:`.keras`.
+Any sequence length works: the encoder reads any length and the decoder repeats the embedding to
+the length asked for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Keras 2.1.5 BatchNormalization defaults used by the published networks (epsilon is exact there
+#: because the last batch norm's moving variances are tiny; momentum 0.99 is torch's 0.01).
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+class _BiLSTMStack(nn.Module):
+    """``depth`` single-layer bidirectional LSTMs, each followed by dropout (as Keras stacks them).
+
+    ``nn.LSTM(num_layers=depth, dropout=p)`` would skip the dropout after the last layer, which the
+    paper applies, so the layers are kept separate; each is still one fused kernel call.
+    """
+
+    def __init__(self, input_size: int, hidden: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.LSTM(input_size if i == 0 else 2 * hidden, hidden, batch_first=True, bidirectional=True)
+            for i in range(depth)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        for layer in self.layers:
+            x, _ = layer(x)
+            x = self.dropout(x)
+        if last_only:
+            # Keras Bidirectional(return_sequences=False): forward output at the last step joined
+            # with the backward output after it has read the whole (reversed) sequence, i.e. at step 0.
+            h = self.hidden
+            return torch.cat([x[:, -1, :h], x[:, 0, h:]], dim=1)
+        return x
+
+
+class Encoder(nn.Module):
+    """Loops ``(batch, steps)`` -> embedding ``(batch, n_neurons)`` (ReLU output, >= 0)."""
+
+    def __init__(self, hidden: int, depth: int, n_neurons: int, dropout: float,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
+        super().__init__()
+        self.rnn = _BiLSTMStack(1, hidden, depth, dropout)
+        self.norm = nn.BatchNorm1d(2 * hidden, eps=BN_EPS, momentum=bn_momentum)
+        self.dense = nn.Linear(2 * hidden, n_neurons)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.rnn(x.unsqueeze(-1), last_only=True)
+        return torch.relu(self.dense(self.norm(h)))
+
+
+class Decoder(nn.Module):
+    """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)``."""
+
+    def __init__(self, hidden: int, depth: int, n_neurons: int, dropout: float,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_neurons, eps=BN_EPS, momentum=bn_momentum)
+        self.rnn = _BiLSTMStack(n_neurons, hidden, depth, dropout)
+        self.out = nn.Linear(2 * hidden, 1)
+
+    def forward(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
+        z = self.norm(z)
+        seq = z.unsqueeze(1).expand(-1, n_steps, -1)
+        return self.out(self.rnn(seq)).squeeze(-1)
+
+
+class SparseLSTMAutoencoder(nn.Module):
+    """The paper's autoencoder; sizes are arguments.
+
+    Parameters
+    ----------
+    hidden : int
+        LSTM units per direction (paper: 64).
+    depth : int
+        Bidirectional LSTM layers in the encoder and again in the decoder (paper: 4).
+    n_neurons : int
+        Width of the ReLU embedding (paper: 16).
+    dropout : float
+        Dropout rate after every recurrent layer (paper: 0.2).
+    bn_momentum : float
+        Torch momentum of the batch norms' moving statistics (paper: Keras 0.99 = torch 0.01).
+
+    Examples
+    --------
+    >>> net = SparseLSTMAutoencoder(hidden=64, depth=4, n_neurons=16, dropout=0.2)
+    >>> n_parameters(net)  # Keras counts 670,929: one LSTM bias per gate, BN moving stats counted
+    674737
+    """
+
+    def __init__(self, hidden: int = 64, depth: int = 4, n_neurons: int = 16, dropout: float = 0.2,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
+        super().__init__()
+        self.encoder = Encoder(hidden, depth, n_neurons, dropout, bn_momentum)
+        self.decoder = Decoder(hidden, depth, n_neurons, dropout, bn_momentum)
+        # Optional mean loop (steps,) subtracted before the encoder and added after the decoder;
+        # empty = none (the paper's network). A buffer, so checkpoints carry it.
+        self.register_buffer("offset", torch.zeros(0))
+
+    def set_offset(self, offset: torch.Tensor | None) -> None:
+        """Set (or with None remove) the mean loop the network works around."""
+        ref = self.decoder.out.weight
+        self.offset = (torch.zeros(0) if offset is None else torch.as_tensor(offset)).to(ref.device, ref.dtype)
+
+    def _offset(self, n_steps: int) -> torch.Tensor | None:
+        if self.offset.numel() == 0:
+            return None
+        if self.offset.numel() != n_steps:
+            from .._errors import DataError
+
+            raise DataError(f"this network works around a mean loop of {self.offset.numel()} steps and cannot "
+                            f"take {n_steps}; give loops of {self.offset.numel()} steps (or fit with center=False)")
+        return self.offset
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, steps)`` -> embedding ``(batch, n_neurons)``."""
+        off = self._offset(x.shape[1])
+        return self.encoder(x if off is None else x - off)
+
+    def decode(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)``."""
+        off = self._offset(n_steps)
+        out = self.decoder(z, n_steps)
+        return out if off is None else out + off
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (batch, steps)`` -> ``(reconstruction (batch, steps), embedding (batch, n_neurons))``."""
+        z = self.encode(x)
+        return self.decode(z, x.shape[1]), z
+
+
+def n_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,256 @@
+"""The ``autoencoder`` pipeline stage: one sparse LSTM autoencoder per channel.
+
+For each channel of ``config.channels`` present in the data (``<channel>_clean`` when the clean
+stage ran, else the raw channel), the loops are normalized by their global mean and std (the
+statistics the clean stage stored in ``norm_mean``/``norm_std``, else computed here; a variable
+whose attrs say ``normalized=1`` is used as is), a network is trained (or, with
+``ctx.pretrained == "paper"``, the published one is loaded), and the stage adds:
+
+* ``embedding_<channel>`` (row, col, neuron): the sparse ReLU embedding;
+* ``reconstruction_<channel>`` (row, col, step): the reconstructed loops in the units of the input;
+* ``embedding_history_<channel>`` (checkpoint, row, col, neuron), coordinate ``checkpoint_epoch``:
+  the embedding at improved checkpoints (the training movie); all channels share one
+  ``checkpoint`` axis, the union of their checkpoint epochs (see :func:`_add_histories`);
+
+and to ``ctx.summary["autoencoder"][channel]``: active neurons (see
+:func:`~switchscope.autoencoder.active_neurons`), reconstruction MSE on the normalized loops (train,
+validation, all pixels), epochs, seconds. Models go to ``ctx.models/<channel>/``; the decoder, as a
+callable ``Z (n, n_neurons) -> loops (n, n_steps)`` in the units of the input, goes to
+``ctx.artifacts["decoder_<channel>"]`` for the interpretation stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import xarray as xr
+
+from .._context import RunContext
+from .._errors import DataError, DataWarning
+from .._grid import flatten, unflatten
+from .model import n_parameters
+from .train import PAPER_L1, Autoencoder, AutoencoderConfig, active_neurons
+
+__all__ = ["stage", "AutoencoderConfig"]
+
+#: Sequence length of the published networks.
+PAPER_STEPS = 96
+
+
+def _normalization(var: xr.DataArray, X: np.ndarray) -> tuple[float, float]:
+    """(mean, std) that map ``X`` to the normalized loops the network sees."""
+    attrs = var.attrs
+    flag = attrs.get("normalized", 0)
+    if isinstance(flag, (bytes, str)):
+        flag = flag.strip().lower() in {"1", "true", "yes"}
+    if flag:
+        return 0.0, 1.0
+    if "norm_mean" in attrs and "norm_std" in attrs:
+        mean, std = float(attrs["norm_mean"]), float(attrs["norm_std"])
+        if np.isfinite(mean) and np.isfinite(std) and std > 0:
+            return mean, std
+    try:
+        from ..preprocess import normalize
+    except ImportError:  # pragma: no cover - the preprocess module ships with the package
+        mean, std = float(X.mean()), float(X.std())
+    else:
+        _, st = normalize(X)
+        mean, std = st.mean, st.std
+    if not std > 0:
+        raise DataError(f"{var.name} has the same value everywhere (std 0); an autoencoder cannot learn from it")
+    return mean, std
+
+
+def _loops(ds: xr.Dataset, channel: str) -> tuple[str, np.ndarray, tuple[int, ...]] | None:
+    name = f"{channel}_clean" if f"{channel}_clean" in ds else channel
+    if name not in ds:
+        return None
+    X, grid = flatten(ds, name)
+    X = np.asarray(X, dtype=np.float64)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        pix, step = np.argwhere(bad)[0]
+        r, c = divmod(int(pix), grid[1]) if grid else (int(pix), 0)
+        raise DataError(f"{name} holds {int(bad.sum())} NaN/Inf value(s) (first at row {r}, col {c}, step "
+                        f"{int(step)}); run the clean stage first or fill them")
+    assert grid is not None  # a Dataset variable always has the (row, col) grid
+    return name, X, grid
+
+
+def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Dataset:
+    """Train (or load) one autoencoder per channel and add its embedding and reconstruction.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        With ``<channel>`` or ``<channel>_clean`` of dims (row, col, step).
+    config : AutoencoderConfig
+    ctx : RunContext
+        ``ctx.pretrained == "paper"`` loads the published networks (piezoresponse, resonance).
+
+    Returns
+    -------
+    xarray.Dataset
+        A new dataset with the variables listed in the module docstring.
+    """
+    if config.seed is None:
+        config = config.replace(seed=int(ctx.seed))
+    if config.device == "auto" and ctx.device not in ("auto", None):
+        config = config.replace(device=str(ctx.device))
+    out = ds.copy()
+    section: dict[str, Any] = ctx.summary.setdefault("autoencoder", {})
+    found = [c for c in config.channels if f"{c}_clean" in ds or c in ds]
+    if not found:
+        warnings.warn(f"the autoencoder stage found none of the channels {', '.join(config.channels)} in the data; "
+                      "it added nothing (set [autoencoder] channels to ones the data has)", DataWarning, stacklevel=2)
+        return out
+    histories: dict[str, tuple[list, tuple[int, ...]]] = {}
+    for channel in found:
+        loaded = _loops(ds, channel)
+        assert loaded is not None
+        name, X, grid = loaded
+        mean, std = _normalization(ds[name], X)
+        Xn = (X - mean) / std
+        t0 = time.perf_counter()
+        if ctx.pretrained == "paper" and channel in PAPER_L1:
+            info, Z, R, hist, decode_n = _pretrained(channel, Xn, ctx)
+        else:
+            info, Z, R, hist, decode_n = _train(channel, Xn, config, ctx)
+        info["seconds"] = time.perf_counter() - t0
+        active = active_neurons(Z)
+        info.update(active_neurons=int(active.sum()), n_neurons=int(Z.shape[1]),
+                    active_neuron_index=[int(i) for i in np.flatnonzero(active)],
+                    mse_all=float(np.mean((R - Xn) ** 2)), variable=name,
+                    norm_mean=float(mean), norm_std=float(std))
+        section[channel] = info
+
+        units = ds[name].attrs.get("units", "")
+        neuron = np.arange(Z.shape[1])
+        out[f"embedding_{channel}"] = xr.DataArray(
+            unflatten(Z, grid), dims=("row", "col", "neuron"), coords={"neuron": neuron},
+            attrs={"long_name": f"{channel} autoencoder embedding", "units": "1",
+                   "active_threshold": 1e-6, "n_active": int(active.sum())})
+        out[f"reconstruction_{channel}"] = xr.DataArray(
+            unflatten(R * std + mean, grid), dims=("row", "col", "step"),
+            attrs={"long_name": f"{channel} reconstructed by the autoencoder", "units": units,
+                   "mse_normalized": info["mse_all"]})
+        histories[channel] = (hist, grid)
+        ctx.artifacts[f"decoder_{channel}"] = _denormalized(decode_n, mean, std)
+        _plot(channel, out, info, ctx)
+    _add_histories(out, histories)
+    return out
+
+
+def _add_histories(out: xr.Dataset, histories: dict[str, tuple[list, tuple[int, ...]]]) -> None:
+    """Put every channel's training-movie frames on one shared ``checkpoint`` axis.
+
+    The axis is the union of the channels' checkpoint epochs (coordinate ``checkpoint_epoch``); a
+    channel's frame at epoch ``e`` is its embedding at its last improved checkpoint up to ``e``
+    (its first one before that), which is the embedding its training had kept at that epoch.
+    """
+    if not histories:
+        return
+    epochs = np.array(sorted({int(e) for hist, _ in histories.values() for e, _ in hist}), dtype=np.int64)
+    for channel, (hist, grid) in histories.items():
+        own = np.array([e for e, _ in hist], dtype=np.int64)
+        pick = np.clip(np.searchsorted(own, epochs, side="right") - 1, 0, len(own) - 1)
+        frames = np.stack([unflatten(hist[i][1], grid) for i in pick])
+        out[f"embedding_history_{channel}"] = xr.DataArray(
+            frames, dims=("checkpoint", "row", "col", "neuron"),
+            coords={"checkpoint_epoch": ("checkpoint", epochs), "neuron": np.arange(frames.shape[-1])},
+            attrs={"long_name": f"{channel} embedding at its last improved checkpoint up to each epoch",
+                   "units": "1", "own_checkpoint_epochs": own.tolist()})
+
+
+def _denormalized(decode_n: Callable[[np.ndarray], np.ndarray], mean: float, std: float
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    def decode(Z: np.ndarray) -> np.ndarray:
+        return np.asarray(decode_n(np.asarray(Z, dtype=np.float64)), dtype=np.float64) * std + mean
+
+    return decode
+
+
+def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext):
+    folder = ctx.models / channel
+    ae = Autoencoder(config, channel=channel).fit(Xn, checkpoint_dir=folder, progress=ctx.progress)
+    Z = ae.transform(Xn)
+    R = ae.reconstruct(Xn)
+    tr, va = ae.train_index_, ae.val_index_
+    info: dict[str, Any] = {
+        "source": "trained", "epochs": ae.n_epochs_, "best_epoch": ae.best_epoch_,
+        "stop_reason": ae.stop_reason_, "l1": ae.l1_, "n_parameters": n_parameters(ae.model_),
+        "mse_train": float(np.mean((R[tr] - Xn[tr]) ** 2)),
+        "mse_val": float(np.mean((R[va] - Xn[va]) ** 2)) if len(va) else None,
+        "best_val_loss": ae.best_val_loss_ if np.isfinite(ae.best_val_loss_) else None,
+        "refine_epochs": max(len(ae.refine_history_) - 1, 0),
+        "training_seconds": ae.seconds_,
+    }
+    hist = ae.embedding_history_ or [(ae.best_epoch_, Z)]
+    ctx.artifacts[f"autoencoder_{channel}"] = ae
+    return info, Z, R, hist, ae.decode
+
+
+def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
+    if Xn.shape[1] != PAPER_STEPS:
+        raise DataError(f"the published {channel} network takes {PAPER_STEPS} steps per loop, the data has "
+                        f"{Xn.shape[1]}; train instead (drop --pretrained paper)")
+    from .keras import load_pretrained  # written beside this module; imported only when asked for
+
+    net = load_pretrained(channel)
+    Z = np.asarray(net.transform(Xn), dtype=np.float64)
+    R = np.asarray(net.reconstruct(Xn), dtype=np.float64)
+    folder = ctx.models / channel
+    folder.mkdir(parents=True, exist_ok=True)
+    epoch = getattr(getattr(net, "autoencoder", net), "epoch", None)
+    epoch = -1 if epoch is None else int(epoch)
+    (folder / "config.json").write_text(json.dumps(
+        {"format": "switchscope-autoencoder-pretrained", "source": "paper", "channel": channel,
+         "epoch": epoch, "note": "published Keras 2.1.5 weights, loaded by switchscope.autoencoder.keras"},
+        indent=2), encoding="utf-8")
+    info: dict[str, Any] = {"source": "paper", "epochs": epoch, "l1": PAPER_L1[channel]}
+    ctx.artifacts[f"autoencoder_{channel}"] = net
+    return info, Z, R, [(epoch, Z)], net.decode
+
+
+def _plot(channel: str, ds: xr.Dataset, info: dict[str, Any], ctx: RunContext) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    emb = ds[f"embedding_{channel}"].values
+    idx = info["active_neuron_index"] or list(range(min(4, emb.shape[2])))
+    n = len(idx)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, j in zip(axes.ravel(), idx):
+        im = ax.imshow(emb[:, :, j], cmap="viridis")
+        ax.set_title(f"neuron {j}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{channel}: {info['active_neurons']} of {info['n_neurons']} neurons active")
+    fig.tight_layout()
+    fig.savefig(ctx.figures / f"autoencoder_{channel}_embedding.png", dpi=90)
+    plt.close(fig)
+
+    ae = ctx.artifacts.get(f"autoencoder_{channel}")
+    history = getattr(ae, "history_", None)
+    if history:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ep = [h["epoch"] for h in history]
+        ax.semilogy(ep, [h["mse"] for h in history], label="train MSE")
+        if history[0].get("val_mse") not in ("", None):
+            ax.semilogy(ep, [h["val_mse"] for h in history], label="validation MSE")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("MSE (normalized)")
+        ax.set_title(f"{channel} autoencoder training")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(ctx.figures / f"autoencoder_{channel}_training.png", dpi=90)
+        plt.close(fig)

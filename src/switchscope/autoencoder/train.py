@@ -1,0 +1,956 @@
+"""Training the sparse LSTM autoencoder: configuration, the estimator, checkpoints, refinement.
+
+The estimator :class:`Autoencoder` follows the scikit-learn contract: ``Autoencoder(config)`` only
+stores its arguments, ``fit(X)`` trains and returns ``self``, learned state ends in ``_``.
+It works on the loops as given (normalize them first, e.g. with ``switchscope.preprocess.normalize``;
+the pipeline stage does this for you).
+
+Training: Adam on MSE plus the L1 activity penalty of the embedding, a validation split by pixel,
+a learning-rate schedule over the run's progress, gradient clipping, early stopping, the best and
+the last checkpoint (safetensors + JSON, never pickle) and resumption from the last one. Every epoch
+seeds its own shuffling and dropout from ``(seed, epoch)``, so a resumed run continues exactly as
+the uninterrupted run would have. Then the paper's decoder refinement: embeddings fixed, decoder
+retrained without dropout.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._config import StageConfig, register
+from .._dataset import CHANNELS
+from .._errors import ConfigError, ConvergenceWarning, DataError, NotFittedError, OutputError
+from .model import SparseLSTMAutoencoder
+
+Schedule = Literal["constant", "cosine", "onecycle"]
+L1Reduction = Literal["mean", "sum"]
+
+#: The paper's activity penalties (Keras 2.1.5 ``activity_regularizer=l1(...)``).
+PAPER_L1: dict[str, float] = {"piezoresponse": 1e-5, "resonance": 1e-4}
+#: The paper's batch size; Keras 2.1.5 sums the activity penalty over the batch, so the paper's
+#: per-loop strength is ``PAPER_L1 * PAPER_BATCH``.
+PAPER_BATCH = 1800
+#: Penalty for a channel the paper did not train (the stronger of the two).
+DEFAULT_L1 = 1e-4
+
+FORMAT = "switchscope-autoencoder"
+FORMAT_VERSION = 1
+METRIC_FIELDS = ("epoch", "loss", "mse", "val_loss", "val_mse", "lr", "seconds")
+
+
+@register("autoencoder")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AutoencoderConfig(StageConfig):
+    """Architecture and training of the sparse LSTM autoencoder (section ``[autoencoder]``).
+
+    The defaults are the fast training recipe justified by ``benchmarks/bench_autoencoder.py`` (see
+    ``docs/autoencoder.md``): the paper's family (bidirectional LSTM encoder and decoder, sparse
+    16-neuron ReLU embedding with L1) made smaller, trained with a large learning rate on a one-cycle
+    schedule and small batches, within a 60 s budget per network (``make demo``: two channels in
+    about 2 minutes; preset ``demo`` is the same). Preset ``fast`` gives the same recipe 9 minutes
+    (the benchmark's 10-minute budget with refinement); preset ``paper`` is the published network
+    and its training values.
+
+    Attributes
+    ----------
+    hidden, depth, n_neurons, dropout
+        LSTM units per direction, bidirectional layers in encoder and in decoder, embedding width,
+        dropout after each recurrent layer.
+    l1 : float or None
+        Activity penalty on the embedding. None: the paper's value for the channel
+        (1e-5 piezoresponse, 1e-4 resonance, 1e-4 otherwise), times 1800 (the paper's batch) when
+        ``l1_reduction="mean"`` so that the per-loop strength equals the paper's.
+    l1_reduction : {"mean", "sum"}
+        ``"sum"``: ``l1 * sum |z|`` over the batch, as Keras 2.1.5 did (strength grows with the batch
+        size); ``"mean"``: ``l1 * mean over loops of sum over neurons |z|`` (batch-size agnostic).
+    l1_warmup : float
+        Fraction of the run's progress over which the penalty ramps linearly from 0 to ``l1``
+        (0: full strength from the start, as the paper). A fresh network's embedding is large, and
+        the full penalty first drives it to zero (dead ReLUs) before the decoder has learned
+        anything; ramping it lets the network learn the loops first, then prunes neurons.
+    center : bool
+        Work around the training pixels' mean loop (subtracted before the encoder, added after
+        the decoder; saved with the weights). The network then only learns how loops differ,
+        which it does much sooner; the fitted network takes loops of the fitted length only.
+        The paper's network (False) takes any length.
+    bn_momentum : float
+        Torch momentum of the batch norms' moving statistics, which inference uses. The paper's
+        Keras 0.99 (torch 0.01) averages over ~100 batches: fine over 20,000 epochs, but in a short
+        run at a large learning rate the averages lag the weights and the validation error stays
+        near 1 for many epochs; 0.1 follows them.
+    lr, batch_size, epochs, max_seconds, patience
+        Peak learning rate of Adam; loops per batch; most epochs; wall-clock budget of the whole fit
+        (training and refinement; None: no limit); epochs without improvement of the validation
+        loss before stopping (0: never stop early).
+    schedule : {"constant", "cosine", "onecycle"}
+        Learning rate over the run's progress (the larger of epochs done / ``epochs`` and seconds
+        spent / ``max_seconds``): constant; cosine decay to ``lr/100``; one-cycle (linear warm-up from
+        ``lr/10`` over the first 10 %, then cosine decay to ``lr/100``).
+    clip : float
+        Largest gradient norm (0: no clipping).
+    val_fraction : float
+        Fraction of pixels held out for validation (the last ``round(val_fraction*n)`` of
+        ``numpy.random.default_rng(seed).permutation(n)``).
+    seed : int or None
+        Seeds initialisation, split, shuffling and dropout; None takes the run's seed.
+    device : str
+        ``"auto"`` (CUDA when present, else the input tensor's device or the CPU), ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``...
+    threads : int
+        CPU threads for torch during the fit (0: leave torch's setting). Default 1: the fast
+        network's matrices are small, and on a CPU shared with other busy processes more threads
+        than free cores make PyTorch's threads wait on each other (an LSTM step measured 10-300x
+        slower with 2 threads on a busy 2-core machine).
+    refine_epochs : int
+        Epochs of decoder refinement after training (0: none).
+    refine_lr : float or None
+        Learning rate of the refinement (None: ``lr / 10``).
+    channels : tuple of str
+        Channels the pipeline stage trains a network for (when present in the data).
+    """
+
+    hidden: int = 32
+    depth: int = 2
+    n_neurons: int = 16
+    dropout: float = 0.0
+    l1: float | None = None
+    l1_reduction: L1Reduction = "mean"
+    l1_warmup: float = 0.2
+    center: bool = True
+    bn_momentum: float = 0.1
+    lr: float = 3e-3
+    batch_size: int = 64
+    epochs: int = 300
+    max_seconds: float | None = 60.0
+    patience: int = 0
+    schedule: Schedule = "onecycle"
+    clip: float = 1.0
+    val_fraction: float = 0.1
+    seed: int | None = None
+    device: str = "auto"
+    threads: int = 1
+    refine_epochs: int = 5
+    refine_lr: float | None = None
+    channels: tuple[str, ...] = ("piezoresponse", "resonance")
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": dict(hidden=64, depth=4, n_neurons=16, dropout=0.2, l1=None, l1_reduction="sum",
+                      l1_warmup=0.0, center=False, bn_momentum=0.01, lr=3e-5, batch_size=1800, epochs=22570, max_seconds=None, patience=0,
+                      schedule="constant", clip=0.0, threads=0, refine_epochs=13412, refine_lr=3e-5),
+        "fast": dict(max_seconds=540.0, epochs=1000, refine_epochs=20),
+        "demo": {},
+    }
+
+    def validate(self) -> None:
+        for name in ("hidden", "depth", "n_neurons", "batch_size", "epochs"):
+            self.check_number(name, lo=1, integer=True)
+        self.check_number("dropout", lo=0, hi=0.95)
+        self.check_number("l1", lo=0, optional=True)
+        self.check_choice("l1_reduction", ("mean", "sum"))
+        self.check_number("l1_warmup", lo=0, hi=1)
+        self.check_number("bn_momentum", lo=0, lo_open=True, hi=1)
+        if not isinstance(self.center, bool):
+            self._fail("center", "true or false", self.center)
+        self.check_number("lr", lo=0, lo_open=True, hi=1)
+        self.check_number("max_seconds", lo=0, lo_open=True, optional=True)
+        self.check_number("patience", lo=0, integer=True)
+        self.check_choice("schedule", ("constant", "cosine", "onecycle"))
+        self.check_number("clip", lo=0)
+        self.check_number("val_fraction", lo=0, hi=0.9)
+        self.check_number("seed", lo=0, integer=True, optional=True)
+        self.check_number("threads", lo=0, integer=True)
+        self.check_number("refine_epochs", lo=0, integer=True)
+        self.check_number("refine_lr", lo=0, lo_open=True, hi=1, optional=True)
+        if not isinstance(self.device, str) or not (
+                self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
+            self._fail("device", "'auto', 'cpu', 'mps' or 'cuda[:N]'", self.device)
+        channels = self.channels
+        if isinstance(channels, str) or not isinstance(channels, (tuple, list)) or not channels:
+            self._fail("channels", "a non-empty list of channel names", channels)
+        bad = [c for c in channels if c not in CHANNELS]
+        if bad:
+            self._fail("channels", "a list of: " + ", ".join(CHANNELS), list(channels))
+        # TOML gives lists; keep the frozen config hashable.
+        object.__setattr__(self, "channels", tuple(channels))
+
+    def l1_for(self, channel: str | None) -> float:
+        """The activity penalty used for ``channel`` (see :attr:`l1`)."""
+        if self.l1 is not None:
+            return float(self.l1)
+        base = PAPER_L1.get(channel or "", DEFAULT_L1)
+        return base * PAPER_BATCH if self.l1_reduction == "mean" else base
+
+
+# -- numerical pieces --------------------------------------------------------------------------
+
+
+def l1_penalty(z: torch.Tensor, l1: float, reduction: L1Reduction = "mean") -> torch.Tensor:
+    """Activity penalty of an embedding batch ``z`` of shape (batch, n_neurons).
+
+    ``"mean"``: ``l1 * mean_b sum_j |z_bj|``; ``"sum"``: ``l1 * sum_bj |z_bj|`` (Keras 2.1.5).
+    """
+    total = z.abs().sum()
+    return l1 * (total if reduction == "sum" else total / z.shape[0])
+
+
+def active_neurons(Z: np.ndarray, threshold: float = 1e-6, min_fraction: float = 1e-3) -> np.ndarray:
+    """Which embedding neurons are active.
+
+    A neuron is *active* when its activation exceeds ``threshold`` on at least ``min_fraction`` of
+    the pixels (and on at least one pixel). With the defaults: above 1e-6 on 0.1 % of the pixels,
+    so a neuron that fires on a handful of noisy pixels of a 60 x 60 scan still counts as inactive.
+
+    Parameters
+    ----------
+    Z : array of shape (n_pixels, n_neurons)
+
+    Returns
+    -------
+    ndarray of bool, shape (n_neurons,)
+    """
+    Z = np.asarray(Z)
+    if Z.ndim != 2:
+        raise DataError(f"the embedding must have shape (n_pixels, n_neurons), got {Z.shape}")
+    count = (Z > threshold).sum(axis=0)
+    return count >= max(1, math.ceil(min_fraction * Z.shape[0]))
+
+
+def lr_at(progress: float, lr: float, schedule: Schedule) -> float:
+    """Learning rate at ``progress`` in [0, 1] of the run."""
+    p = min(max(progress, 0.0), 1.0)
+    low = lr / 100
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * p))
+    warm = 0.1
+    if p < warm:
+        return lr / 10 + (lr - lr / 10) * p / warm
+    q = (p - warm) / (1 - warm)
+    return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def _check_loops(X: Any, name: str = "X") -> tuple[np.ndarray, Any]:
+    """``X`` as a float array (n, steps); also returns the input (for dtype/device of outputs)."""
+    like = X
+    if isinstance(X, torch.Tensor):
+        arr = X.detach().cpu().numpy()
+    else:
+        arr = np.asarray(X)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim != 2:
+        raise DataError(f"{name} must have shape (n_pixels, n_steps), got {arr.shape}; "
+                        "flatten the grid with switchscope.flatten")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.shape[0] < 1 or arr.shape[1] < 2:
+        raise DataError(f"{name} needs at least 1 pixel and 2 steps, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        pix, step = np.argwhere(bad)[0]
+        pixels = np.unique(np.nonzero(bad)[0])
+        raise DataError(
+            f"{name} holds {int(bad.sum())} NaN/Inf value(s) in {pixels.size} pixel(s) (first at pixel "
+            f"{int(pix)}, step {int(step)}); clean the loops first (switchscope.preprocess) or drop those pixels"
+        )
+    return arr, like
+
+
+def _as_output(values: np.ndarray, like: Any) -> Any:
+    """Return ``values`` in the type, dtype and device of the input ``like``."""
+    if isinstance(like, torch.Tensor):
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        return torch.as_tensor(values, dtype=dtype, device=like.device)
+    arr = np.asarray(like)
+    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
+    return values.astype(dtype, copy=False)
+
+
+def _resolve_device(device: str, like: Any = None) -> torch.device:
+    if device == "auto":
+        if isinstance(like, torch.Tensor):
+            return like.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"AutoencoderConfig.device must be a torch device, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"AutoencoderConfig.device is {device!r} but no CUDA GPU is available; use 'auto' or 'cpu'")
+    return dev
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    _atomic_write_bytes(path, save(flat, metadata=metadata))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise DataError(f"checkpoint file {str(path)!r} is missing; train again or give the folder of a saved model")
+    try:
+        return load(path.read_bytes())
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise DataError(f"checkpoint file {str(path)!r} is corrupt or not safetensors ({type(exc).__name__}); "
+                        "delete it and train again, or restore it from a copy") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{str(path)!r} is missing; give the folder of a saved autoencoder")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{str(path)!r} is corrupt JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                        "delete the folder and train again") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{str(path)!r} does not hold a JSON object; delete the folder and train again")
+    return value
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    _atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in METRIC_FIELDS})
+    _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def _load_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    if isinstance(module, SparseLSTMAutoencoder) and "offset" in tensors:
+        module.set_offset(tensors["offset"])
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        raise DataError(f"checkpoint {str(path)!r} lacks layer weight {missing[0]!r} "
+                        f"({len(missing)} missing); it is of another architecture or damaged")
+    for k, v in own.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise DataError(f"checkpoint {str(path)!r}: weight {k!r} has shape {tuple(tensors[k].shape)}, "
+                            f"the configured network needs {tuple(v.shape)}; use the config it was trained with")
+    module.load_state_dict({k: tensors[k] for k in own})
+
+
+def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(val)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                            groups: list[dict[str, Any]], path: Path) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"optimizer state in {str(path)!r} does not fit the network ({exc}); "
+                        "delete the checkpoint folder and train again") from None
+
+
+# -- the estimator -----------------------------------------------------------------------------
+
+
+class Autoencoder:
+    """The sparse bidirectional-LSTM autoencoder as a scikit-learn-like estimator.
+
+    Parameters
+    ----------
+    config : AutoencoderConfig, optional
+        Architecture and training (default: ``AutoencoderConfig()``, the fast defaults).
+    channel : str, optional
+        Channel the loops come from; picks the paper's L1 penalty when ``config.l1`` is None.
+
+    Attributes
+    ----------
+    model_ : SparseLSTMAutoencoder
+        The network (best checkpoint, then refined decoder), in eval mode.
+    n_steps_ : int
+        Sequence length seen in ``fit`` (default length of :meth:`decode`).
+    history_ : list of dict
+        One row per epoch: epoch, loss, mse, val_loss, val_mse, lr, seconds (also ``metrics.csv``).
+    refine_history_ : list of dict
+        One row per refinement epoch (epoch 0 is the decoder before refinement): mse, val_mse.
+    best_epoch_, best_val_loss_ : int, float
+        Epoch of the kept weights and its validation loss (training loss without validation).
+    embedding_history_ : list of (int, ndarray (n_pixels, n_neurons))
+        Embedding of every pixel of ``X`` at improved checkpoints (epochs spaced at least 25 %
+        apart, plus the best one): the frames of the training movie.
+    train_index_, val_index_ : ndarray of int
+        Pixels used for training and for validation.
+    l1_ : float
+        Activity penalty used.
+    n_epochs_ : int
+        Epochs run (including those of a resumed run).
+    seconds_ : float
+        Wall-clock seconds of training (including resumed parts) and refinement.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from switchscope.autoencoder import Autoencoder, AutoencoderConfig
+    >>> X = np.sin(np.linspace(0, 6, 24))[None] * np.linspace(0.5, 1.5, 64)[:, None]
+    >>> ae = Autoencoder(AutoencoderConfig(hidden=8, depth=1, epochs=2, refine_epochs=0, seed=0)).fit(X)
+    >>> ae.transform(X).shape, ae.reconstruct(X).shape
+    ((64, 16), (64, 24))
+    """
+
+    def __init__(self, config: AutoencoderConfig | None = None, *, channel: str | None = None) -> None:
+        self.config = config
+        self.channel = channel
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _cfg(self) -> AutoencoderConfig:
+        cfg = self.config if self.config is not None else AutoencoderConfig()
+        if not isinstance(cfg, AutoencoderConfig):
+            raise ConfigError(f"Autoencoder.config must be an AutoencoderConfig, got {type(cfg).__name__}")
+        return cfg
+
+    def _seed(self) -> int:
+        s = self._cfg().seed
+        return 0 if s is None else int(s)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this Autoencoder is not fitted yet; call fit(X) or Autoencoder.load(folder) first")
+
+    def _new_model(self, cfg: AutoencoderConfig) -> SparseLSTMAutoencoder:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed())
+            return SparseLSTMAutoencoder(cfg.hidden, cfg.depth, cfg.n_neurons, cfg.dropout, cfg.bn_momentum)
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        return {"config": self.config, "channel": self.channel}
+
+    def set_params(self, **params: Any) -> Autoencoder:
+        for k, v in params.items():
+            if k not in ("config", "channel"):
+                raise ConfigError(f"Autoencoder has no parameter {k!r}; parameters are: config, channel")
+            setattr(self, k, v)
+        return self
+
+    # -- fit ----------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
+            callbacks: list[Callable[[dict[str, Any]], None]] | tuple = (), progress: bool = False) -> Autoencoder:
+        """Train on loops ``X`` of shape (n_pixels, n_steps) (or (n_pixels, n_steps, 1)).
+
+        Parameters
+        ----------
+        X : array or tensor of shape (n_pixels, n_steps)
+            Normalized loops, all finite.
+        y : ignored
+        checkpoint_dir : path, optional
+            Folder for ``config.json``, ``metrics.csv``, ``best.safetensors``, ``last.safetensors``
+            (model and Adam state), ``state.json`` and ``embedding_history.safetensors``, written
+            after every epoch (atomically).
+        resume : bool
+            Continue the run whose last checkpoint is in ``checkpoint_dir`` (the same data and
+            config); without a checkpoint there, start afresh.
+        callbacks : list of callables
+            Called after every epoch with that epoch's metrics row; an exception raised by a
+            callback stops training (the checkpoint of that epoch is already on disk).
+        progress : bool
+            Show a tqdm progress bar with loss and val loss.
+
+        Returns
+        -------
+        self
+        """
+        cfg = self._cfg()
+        arr, like = _check_loops(X)
+        n, n_steps = arr.shape
+        device = _resolve_device(cfg.device, like)
+        old_threads = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            self._fit(arr, cfg, device, checkpoint_dir, resume, list(callbacks), progress)
+        finally:
+            if cfg.threads:
+                torch.set_num_threads(old_threads)
+        return self
+
+    def _fit(self, arr: np.ndarray, cfg: AutoencoderConfig, device: torch.device,
+             checkpoint_dir: str | Path | None, resume: bool, callbacks: list, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        n, n_steps = arr.shape
+        seed = self._seed()
+        l1 = cfg.l1_for(self.channel)
+        n_val = int(round(cfg.val_fraction * n))
+        if n - n_val < 2:
+            raise DataError(f"X has {n} pixels, too few to train with val_fraction={cfg.val_fraction}; "
+                            "give at least 2 training pixels")
+        perm = np.random.default_rng(seed).permutation(n)
+        train_idx, val_idx = np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
+        Xall = torch.as_tensor(arr, dtype=torch.float32, device=device)
+        Xtr, Xva = Xall[train_idx], Xall[val_idx]
+
+        model = self._new_model(cfg).to(device)
+        if cfg.center:
+            model.set_offset(Xtr.mean(0))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "channel": self.channel,
+                "n_steps": n_steps, "n_pixels": n, "l1": l1}
+
+        history: list[dict[str, Any]] = []
+        emb_hist: list[tuple[int, np.ndarray]] = []
+        start_epoch, elapsed0, best_val, best_epoch, bad = 0, 0.0, math.inf, -1, 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if ckdir is not None:
+            ckdir.mkdir(parents=True, exist_ok=True)
+            last = ckdir / "last.safetensors"
+            if last.exists() and not resume:
+                raise OutputError(f"{str(ckdir)!r} already holds a training run; pass resume=True to continue it "
+                                  "or give an empty folder")
+            if last.exists():
+                saved = _read_json(ckdir / "config.json")
+                for key in ("hidden", "depth", "n_neurons"):
+                    if saved.get("config", {}).get(key) != getattr(cfg, key):
+                        raise DataError(
+                            f"the checkpoint in {str(ckdir)!r} has {key}={saved.get('config', {}).get(key)!r} but the "
+                            f"config has {getattr(cfg, key)!r}; resume with the config it was trained with")
+                if saved.get("n_steps") != n_steps or saved.get("n_pixels") != n:
+                    raise DataError(f"the checkpoint in {str(ckdir)!r} was trained on data of shape "
+                                    f"({saved.get('n_pixels')}, {saved.get('n_steps')}), got {(n, n_steps)}; "
+                                    "resume with the same loops")
+                state = _read_json(ckdir / "state.json")
+                tensors = _load_tensors(last)
+                _load_state_dict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, last)
+                _optimizer_from_tensors(opt, tensors, state.get("param_groups", []), last)
+                best_state = {k: v.to(device) for k, v in _load_tensors(ckdir / "best.safetensors").items()}
+                try:
+                    start_epoch = int(state["epoch"]) + 1
+                    elapsed0, best_val = float(state["seconds"]), float(state["best_val_loss"])
+                    best_epoch, bad = int(state["best_epoch"]), int(state["bad_epochs"])
+                    history = list(state["history"])
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(f"{str(ckdir / 'state.json')!r} is incomplete; delete the folder and "
+                                    "train again") from None
+                eh = ckdir / "embedding_history.safetensors"
+                if eh.exists():
+                    t = _load_tensors(eh)
+                    emb_hist = [(int(e), z.numpy()) for e, z in zip(t["epochs"].tolist(), t["embeddings"])]
+            _write_json(ckdir / "config.json", meta)
+
+        refine_share = 0.15 if cfg.refine_epochs else 0.0
+        train_budget = cfg.max_seconds * (1 - refine_share) if cfg.max_seconds else None
+        batches = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+        total_steps = cfg.epochs * batches
+        t0 = time.perf_counter() - elapsed0
+        last_epoch_time = 0.0
+        stop_reason = "epochs"
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, disable=not progress, desc=f"autoencoder {self.channel or ''}".strip(),
+                   unit="epoch", leave=False)
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                elapsed = time.perf_counter() - t0
+                if train_budget is not None and epoch > start_epoch and elapsed + last_epoch_time > train_budget:
+                    stop_reason = "max_seconds"
+                    break
+                te = time.perf_counter()
+                model.train()
+                order = torch.as_tensor(np.random.default_rng([seed, epoch]).permutation(len(train_idx)),
+                                        device=device)
+                sum_loss = sum_mse = 0.0
+                count = 0
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(seed * 1_000_003 + epoch)
+                    for b in range(batches):
+                        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                        if len(idx) < 2:  # batch norm needs two samples
+                            continue
+                        step = epoch * batches + b
+                        p = step / total_steps
+                        if train_budget is not None:
+                            spent = (time.perf_counter() - t0) / train_budget
+                            if spent >= 1.0 and count:
+                                # out of time mid-epoch (a slow or busy CPU): score what we have
+                                stop_reason = "max_seconds"
+                                break
+                            p = max(p, spent)
+                        lr = lr_at(p, cfg.lr, cfg.schedule)
+                        l1_now = l1 * min(1.0, p / cfg.l1_warmup) if cfg.l1_warmup else l1
+                        for g in opt.param_groups:
+                            g["lr"] = lr
+                        xb = Xtr[idx]
+                        rec, z = model(xb)
+                        mse = torch.mean((rec - xb) ** 2)
+                        loss = mse + l1_penalty(z, l1_now, cfg.l1_reduction)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if cfg.clip:
+                            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                        opt.step()
+                        sum_loss += float(loss.detach()) * len(idx)
+                        sum_mse += float(mse.detach()) * len(idx)
+                        count += len(idx)
+                if not math.isfinite(sum_loss):
+                    raise DataError(f"training diverged at epoch {epoch} (loss is not finite); lower "
+                                    f"AutoencoderConfig.lr (now {cfg.lr}) or set clip > 0")
+                row: dict[str, Any] = {"epoch": epoch, "loss": sum_loss / max(count, 1), "mse": sum_mse / max(count, 1),
+                                       "lr": lr}
+                if n_val:
+                    vm, vp = _evaluate(model, Xva, l1, cfg.l1_reduction, cfg.batch_size)
+                    row["val_mse"], row["val_loss"] = vm, vm + vp
+                    score = row["val_loss"]
+                else:
+                    row["val_mse"] = row["val_loss"] = ""
+                    score = row["loss"]
+                last_epoch_time = time.perf_counter() - te
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+                improved = score < best_val
+                if improved:
+                    best_val, best_epoch, bad = score, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if not emb_hist or epoch >= 1.25 * (emb_hist[-1][0] + 1):
+                        emb_hist.append((epoch, _embed(model, Xall)))
+                        if ckdir is not None:
+                            _save_history(ckdir, emb_hist)
+                else:
+                    bad += 1
+                if ckdir is not None:
+                    self._checkpoint(ckdir, model, opt, best_state if improved else None, history, epoch,
+                                     row["seconds"], best_val, best_epoch, bad)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", val_loss=f"{row['val_loss']:.4g}" if n_val else "-")
+                for cb in callbacks:
+                    cb(dict(row))
+                if stop_reason == "max_seconds":
+                    break
+                if cfg.patience and bad >= cfg.patience:
+                    stop_reason = "patience"
+                    break
+        finally:
+            bar.close()
+
+        model.load_state_dict(best_state)
+        model.eval()
+        if best_epoch >= 0 and (not emb_hist or emb_hist[-1][0] != best_epoch):
+            emb_hist.append((best_epoch, _embed(model, Xall)))
+            if ckdir is not None:
+                _save_history(ckdir, emb_hist)
+        self.model_ = model
+        self.n_steps_ = n_steps
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.best_val_loss_ = best_val
+        self.embedding_history_ = emb_hist
+        self.train_index_, self.val_index_ = train_idx, val_idx
+        self.l1_ = l1
+        self.n_epochs_ = len(history)
+        self.stop_reason_ = stop_reason
+        self.refine_history_: list[dict[str, Any]] = []
+        self.seconds_ = time.perf_counter() - t0
+        if stop_reason == "max_seconds" and cfg.patience == 0 and len(history) < 5:
+            warnings.warn(f"the autoencoder trained only {len(history)} epoch(s) within max_seconds={cfg.max_seconds}; "
+                          "raise max_seconds or use a smaller network", ConvergenceWarning, stacklevel=3)
+        if cfg.refine_epochs:
+            budget = None
+            if cfg.max_seconds:
+                budget = max(cfg.max_seconds - self.seconds_, 0.05 * cfg.max_seconds)
+            self._refine(Xall, cfg.refine_epochs, budget, progress)
+        self.seconds_ = time.perf_counter() - t0
+        if ckdir is not None:
+            self.save(ckdir)
+
+    def _checkpoint(self, ckdir: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    best_state: dict[str, torch.Tensor] | None, history: list[dict[str, Any]], epoch: int,
+                    seconds: float, best_val: float, best_epoch: int, bad: int) -> None:
+        if best_state is not None:
+            _save_tensors(ckdir / "best.safetensors", best_state)
+        otensors, groups = _optimizer_to_tensors(opt)
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update(otensors)
+        _save_tensors(ckdir / "last.safetensors", tensors)
+        _write_metrics(ckdir / "metrics.csv", history)
+        # state.json last: a run interrupted before it resumes from the previous, complete epoch.
+        _write_json(ckdir / "state.json", {"epoch": epoch, "seconds": seconds, "best_val_loss": best_val,
+                                           "best_epoch": best_epoch, "bad_epochs": bad, "param_groups": groups,
+                                           "history": history})
+
+    # -- refinement ---------------------------------------------------------------------------
+    def refine(self, X: Any, epochs: int | None = None, *, progress: bool = False) -> Autoencoder:
+        """The paper's decoder refinement: embeddings of ``X`` fixed, decoder retrained without dropout.
+
+        The decoder runs in inference mode (no dropout, batch norm on its moving statistics, as
+        it is used afterwards); the encoder is not touched. The kept decoder is the one with the
+        lowest validation MSE (training MSE without validation) among the epochs, the starting
+        decoder included, so refinement never raises the decoder's error on the pixels it scores.
+
+        Parameters
+        ----------
+        X : array of shape (n_pixels, n_steps)
+            The loops the autoencoder was fitted on.
+        epochs : int, optional
+            Default ``config.refine_epochs``.
+        """
+        self._check_fitted()
+        arr, _ = _check_loops(X)
+        device = next(self.model_.parameters()).device
+        self._refine(torch.as_tensor(arr, dtype=torch.float32, device=device),
+                     self._cfg().refine_epochs if epochs is None else int(epochs), None, progress)
+        return self
+
+    def _refine(self, Xall: torch.Tensor, epochs: int, budget: float | None, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self._cfg()
+        model = self.model_
+        n = Xall.shape[0]
+        train_idx = getattr(self, "train_index_", np.arange(n))
+        val_idx = getattr(self, "val_index_", np.arange(0))
+        if train_idx.size and train_idx.max() >= n:
+            train_idx, val_idx = np.arange(n), np.arange(0)
+        model.eval()
+        with torch.no_grad():
+            Z = model.encode(Xall)
+        dec = model.decoder
+        dec.eval()
+        opt = torch.optim.Adam(dec.parameters(), lr=cfg.refine_lr or cfg.lr / 10)
+        ztr, xtr = Z[train_idx], Xall[train_idx]
+        zva, xva = Z[val_idx], Xall[val_idx]
+
+        def score() -> tuple[float, float]:
+            mtr = _decoder_mse(model, ztr, xtr)
+            mva = _decoder_mse(model, zva, xva) if len(val_idx) else math.nan
+            return mtr, mva
+
+        mtr, mva = score()
+        best = mva if len(val_idx) else mtr
+        best_state = {k: v.detach().clone() for k, v in dec.state_dict().items()}
+        hist = [{"epoch": 0, "mse": mtr, "val_mse": mva}]
+        seed = self._seed()
+        t0 = time.perf_counter()
+        base_lr = opt.param_groups[0]["lr"]
+        for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="refine decoder", leave=False):
+            if budget is not None and time.perf_counter() - t0 > budget:
+                break
+            order = torch.as_tensor(np.random.default_rng([seed, 10**6 + epoch]).permutation(len(train_idx)),
+                                    device=Xall.device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at((epoch - 1) / max(epochs, 1), base_lr, "cosine")
+            for b in range(0, len(order), cfg.batch_size):
+                idx = order[b:b + cfg.batch_size]
+                loss = torch.mean((model.decode(ztr[idx], xtr.shape[1]) - xtr[idx]) ** 2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip:
+                    nn.utils.clip_grad_norm_(dec.parameters(), cfg.clip)
+                opt.step()
+            mtr, mva = score()
+            hist.append({"epoch": epoch, "mse": mtr, "val_mse": mva})
+            s = mva if len(val_idx) else mtr
+            if s < best:
+                best = s
+                best_state = {k: v.detach().clone() for k, v in dec.state_dict().items()}
+        dec.load_state_dict(best_state)
+        model.eval()
+        self.refine_history_ = getattr(self, "refine_history_", []) + hist
+
+    # -- inference ----------------------------------------------------------------------------
+    def transform(self, X: Any) -> Any:
+        """Embeddings (ReLU outputs) of loops ``X`` (n_pixels, n_steps) -> (n_pixels, n_neurons).
+
+        Output follows the input: a numpy array of the input's float dtype, or a tensor on the
+        input's device and dtype.
+        """
+        self._check_fitted()
+        arr, like = _check_loops(X)
+        device = next(self.model_.parameters()).device
+        Z = _embed(self.model_, torch.as_tensor(arr, dtype=torch.float32, device=device))
+        return _as_output(Z, like)
+
+    def reconstruct(self, X: Any) -> Any:
+        """Reconstructed loops ``decode(transform(X))``, shape (n_pixels, n_steps)."""
+        self._check_fitted()
+        arr, like = _check_loops(X)
+        device = next(self.model_.parameters()).device
+        x = torch.as_tensor(arr, dtype=torch.float32, device=device)
+        self.model_.eval()
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(x), 2048):
+                out.append(self.model_(x[b:b + 2048])[0].cpu().numpy())
+        return _as_output(np.concatenate(out), like)
+
+    def decode(self, Z: Any, n_steps: int | None = None) -> Any:
+        """Loops generated from embeddings ``Z`` (n, n_neurons) -> (n, n_steps).
+
+        ``n_steps`` defaults to the length seen in ``fit``.
+        """
+        self._check_fitted()
+        arr, like = _check_loops(Z, "Z") if np.ndim(Z) == 2 and np.shape(Z)[1] >= 2 else (np.asarray(Z), Z)
+        n_neurons = self.model_.decoder.norm.num_features
+        if self.model_.offset.numel() and n_steps is not None and int(n_steps) != self.model_.offset.numel():
+            raise DataError(f"this autoencoder was fitted with center=True on {self.model_.offset.numel()} steps "
+                            f"and decodes only that length, got n_steps={n_steps}; fit with center=False")
+        if arr.ndim != 2 or arr.shape[1] != n_neurons:
+            raise DataError(f"Z must have shape (n, {n_neurons}) (one value per embedding neuron), got {arr.shape}")
+        steps = self.n_steps_ if n_steps is None else int(n_steps)
+        if steps < 1:
+            raise DataError(f"n_steps must be >= 1, got {n_steps}")
+        device = next(self.model_.parameters()).device
+        z = torch.as_tensor(arr, dtype=torch.float32, device=device)
+        self.model_.eval()
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(z), 2048):
+                out.append(self.model_.decode(z[b:b + 2048], steps).cpu().numpy())
+        return _as_output(np.concatenate(out) if out else np.zeros((0, steps), np.float32), like)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (final weights) and ``metrics.csv`` to a folder."""
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self._cfg()
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "channel": self.channel,
+                "n_steps": self.n_steps_, "l1": self.l1_, "best_epoch": self.best_epoch_,
+                "best_val_loss": self.best_val_loss_ if math.isfinite(self.best_val_loss_) else None,
+                "n_epochs": self.n_epochs_, "seconds": self.seconds_, "stop_reason": self.stop_reason_,
+                "refine_history": self.refine_history_,
+                "n_pixels": len(self.train_index_) + len(self.val_index_),
+                "train_index": self.train_index_.tolist(), "val_index": self.val_index_.tolist()}
+        _save_tensors(d / "model.safetensors", self.model_.state_dict())
+        _write_metrics(d / "metrics.csv", self.history_)
+        _write_json(d / "config.json", meta)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str = "cpu") -> Autoencoder:
+        """Read a folder written by :meth:`save` (or by ``fit(checkpoint_dir=...)``)."""
+        d = Path(directory)
+        meta = _read_json(d / "config.json")
+        if meta.get("format") != FORMAT:
+            raise DataError(f"{str(d / 'config.json')!r} is not a switchscope autoencoder (format "
+                            f"{meta.get('format')!r}); give a folder written by Autoencoder.save")
+        raw = dict(meta.get("config", {}))
+        if isinstance(raw.get("channels"), list):
+            raw["channels"] = tuple(raw["channels"])
+        cfg = AutoencoderConfig.from_dict(raw)
+        self = cls(cfg, channel=meta.get("channel"))
+        weights = d / "model.safetensors"
+        if not weights.exists():
+            weights = d / "best.safetensors"
+        model = self._new_model(cfg)
+        _load_state_dict(model, _load_tensors(weights), weights)
+        model.to(_resolve_device(device)).eval()
+        self.model_ = model
+        self.n_steps_ = int(meta.get("n_steps", 0)) or None
+        self.l1_ = float(meta.get("l1", cfg.l1_for(self.channel)))
+        self.best_epoch_ = int(meta.get("best_epoch", -1))
+        bv = meta.get("best_val_loss")
+        self.best_val_loss_ = math.inf if bv is None else float(bv)
+        self.n_epochs_ = int(meta.get("n_epochs", 0))
+        self.seconds_ = float(meta.get("seconds", 0.0))
+        self.stop_reason_ = meta.get("stop_reason", "")
+        self.refine_history_ = list(meta.get("refine_history", []))
+        self.train_index_ = np.asarray(meta.get("train_index", []), dtype=int)
+        self.val_index_ = np.asarray(meta.get("val_index", []), dtype=int)
+        self.history_ = _read_metrics(d / "metrics.csv")
+        eh = d / "embedding_history.safetensors"
+        self.embedding_history_ = []
+        if eh.exists():
+            t = _load_tensors(eh)
+            self.embedding_history_ = [(int(e), z.numpy()) for e, z in zip(t["epochs"].tolist(), t["embeddings"])]
+        return self
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            rows.append({k: (float(v) if v not in ("", None) else "") for k, v in r.items()})
+    for r in rows:
+        r["epoch"] = int(r["epoch"])
+    return rows
+
+
+def _save_history(ckdir: Path, emb_hist: list[tuple[int, np.ndarray]]) -> None:
+    _save_tensors(ckdir / "embedding_history.safetensors",
+                  {"epochs": torch.tensor([e for e, _ in emb_hist], dtype=torch.int64),
+                   "embeddings": torch.as_tensor(np.stack([z for _, z in emb_hist]))})
+
+
+def _embed(model: SparseLSTMAutoencoder, x: torch.Tensor) -> np.ndarray:
+    was = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(x), 2048):
+            out.append(model.encode(x[b:b + 2048]).cpu().numpy())
+    model.train(was)
+    return np.concatenate(out)
+
+
+def _evaluate(model: SparseLSTMAutoencoder, x: torch.Tensor, l1: float, reduction: L1Reduction,
+              batch_size: int) -> tuple[float, float]:
+    """(MSE, penalty) of ``x`` in inference mode; the penalty is averaged over batches of
+    ``batch_size`` as Keras reports ``val_loss``."""
+    was = model.training
+    model.eval()
+    sse = pen = 0.0
+    with torch.no_grad():
+        for b in range(0, len(x), batch_size):
+            xb = x[b:b + batch_size]
+            rec, z = model(xb)
+            sse += float(torch.sum((rec - xb) ** 2))
+            pen += float(l1_penalty(z, l1, reduction)) * len(xb)
+    model.train(was)
+    return sse / x.numel(), pen / len(x)
+
+
+def _decoder_mse(model: SparseLSTMAutoencoder, z: torch.Tensor, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        sse = 0.0
+        for b in range(0, len(z), 2048):
+            sse += float(torch.sum((model.decode(z[b:b + 2048], x.shape[1]) - x[b:b + 2048]) ** 2))
+    return sse / x.numel()
