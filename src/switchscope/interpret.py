@@ -28,6 +28,7 @@ from ._config import StageConfig, register
 from ._context import RunContext
 from ._dataset import CHANNELS
 from ._errors import ConfigError, DataError, DataWarning
+from ._embedding import active_neurons
 from ._grid import flatten
 
 __all__ = [
@@ -66,32 +67,6 @@ def _embedding_2d(embedding: Any) -> np.ndarray:
     if Z.shape[0] == 0 or Z.shape[1] == 0:
         raise DataError(f"the embedding has shape {Z.shape}; it needs at least one pixel and one neuron")
     return Z
-
-
-def active_neurons(embedding: Any, *, rtol: float = 1e-6) -> np.ndarray:
-    """Boolean mask of the neurons whose activation varies over the pixels.
-
-    A ReLU neuron silenced by the L1 activity penalty is 0 everywhere; a neuron is called active
-    when the spread (max - min) of its finite activations exceeds ``rtol`` times the largest
-    absolute activation of the whole embedding (or ``rtol`` itself when that is below 1).
-
-    Parameters
-    ----------
-    embedding : array of shape (n_pixels, n_neurons) or (rows, cols, n_neurons)
-
-    Returns
-    -------
-    ndarray of bool, shape (n_neurons,)
-    """
-    Z = _embedding_2d(embedding)
-    finite = np.isfinite(Z)
-    if not finite.any():
-        return np.zeros(Z.shape[1], dtype=bool)
-    hi = np.where(finite, Z, -np.inf).max(axis=0)
-    lo = np.where(finite, Z, np.inf).min(axis=0)
-    scale = max(1.0, float(np.abs(Z[finite]).max()))
-    spread = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-    return spread > rtol * scale
 
 
 # ---------------------------------------------------------------------------------------------
