@@ -1,19 +1,25 @@
 """Benchmark of the batched loop fitter against a per-pixel scipy fit, in one process.
 
-Fits the 3600 real loops (../shared/data/mixed_pzt_piezoresponse_loops.mat, NaNs filled by
-linear interpolation) with :func:`switchscope.loops.fit_loops` and with one
+Fits the 3600 real loops (../shared/data/mixed_pzt_piezoresponse_loops.mat, cleaned with
+:func:`switchscope.preprocess.clean`) with :func:`switchscope.loops.fit_loops` and with one
 ``scipy.optimize.least_squares`` call per pixel and start (same model, same starts, same bounds,
 analytic Jacobian, response scaled to O(1) as in the batched fit), then times the batched fit on
 synthetic loops of growing size. Results go to ``benchmarks/results/loops.json``.
 
-    python benchmarks/bench_loops.py                       # everything (minutes)
-    python benchmarks/bench_loops.py --scipy-pixels 300 --sizes 10000
+    python benchmarks/bench_loops.py                       # all pixels with scipy (~20 min)
+    python benchmarks/bench_loops.py --scipy-pixels 300    # scipy on a subset, extrapolated
+    python benchmarks/bench_loops.py --with-250k           # add the 250k-loop scaling run
+
+Wall times are the best of ``--repeats`` warm runs (``time.perf_counter``); the process CPU time
+(``time.process_time``, all threads) of the same run is recorded too, since on a shared machine
+the wall time alone mixes in other processes' load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -38,23 +44,25 @@ def peak_rss_mb() -> float:
 
 
 def load_real() -> tuple[np.ndarray, np.ndarray]:
+    from switchscope.preprocess import clean
+
     m = scipy.io.loadmat(MAT)
     X = m["Loopdata_mixed"].reshape(-1, m["Loopdata_mixed"].shape[-1]).astype(float)
     v = m["Voltagedata_mixed"].ravel().astype(float)
-    for i in np.flatnonzero(~np.isfinite(X).all(1)):
-        ok = np.isfinite(X[i])
-        X[i] = np.interp(np.arange(X.shape[1]), np.flatnonzero(ok), X[i, ok])
-    return X, v
+    return np.asarray(clean(X, channel="piezoresponse"), dtype=float), v
 
 
 def timed_batched(X, v, model, repeats=3, **kw):
+    """Best wall time and best process CPU time of ``repeats`` warm runs, and the last result."""
     fit_loops(X[:64], v, model=model, **kw)            # warm-up (imports, torch kernels)
-    best, res = np.inf, None
+    fit_loops(X, v, model=model, **kw)
+    best, best_cpu, res = np.inf, np.inf, None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = fit_loops(X, v, model=model, **kw)
         best = min(best, time.perf_counter() - t)
-    return best, res
+        best_cpu = min(best_cpu, time.process_time() - c)
+    return best, best_cpu, res
 
 
 def np_paper13(q, v, desc):
@@ -135,10 +143,12 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["paper13", "bglib9"], choices=list(MODELS))
     ap.add_argument("--scipy-pixels", type=int, default=3600,
                     help="pixels fitted per pixel with scipy (a random subset if < 3600)")
-    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 250_000],
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000],
                     help="synthetic loop counts for the scaling run")
+    ap.add_argument("--with-250k", action="store_true",
+                    help="add 250000 synthetic loops to the scaling run (chunked; a few minutes)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loops.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -149,16 +159,20 @@ def main(argv=None) -> int:
     pixels = np.sort(rng.choice(X.shape[0], n_sp, replace=False)) if n_sp < X.shape[0] \
         else np.arange(X.shape[0])
     results = {"machine": platform.platform(), "torch": torch.__version__,
-               "torch_threads": args.threads, "n_loops": int(X.shape[0]), "models": {}}
+               "torch_threads": args.threads, "n_loops": int(X.shape[0]), "models": {},
+               "notes": ("batched_seconds/batched_cpu_seconds: best of the warm repeats (time.perf_counter / time.process_time, torch threads as given) on a machine shared with other jobs (see load_average_1min); scipy: one least_squares (trf, bounds) per pixel and start with the analytic Jacobian of switchscope evaluated through torch (~0.1 ms per call), extrapolated to all pixels when scipy_pixels < n_loops; R2 compared on the same pixels; peak RSS includes the ~300 MB of the imported libraries")}
     for model in args.models:
         rss0 = peak_rss_mb()
-        t_b, res = timed_batched(X, v, model, repeats=args.repeats)
+        t_b, c_b, res = timed_batched(X, v, model, repeats=args.repeats)
         rss_b = peak_rss_mb()
         t_s, r2_s = scipy_per_pixel(X, v, model, res.starts, pixels)
         t_s_all = t_s * X.shape[0] / pixels.size
         r2_b = res.r2[pixels]
         entry = {
             "batched_seconds": round(t_b, 4),
+            "batched_cpu_seconds": round(c_b, 4),
+            "batched_repeats": args.repeats,
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "scipy_seconds": round(t_s, 3),
             "scipy_pixels": int(pixels.size),
             "scipy_seconds_all_pixels": round(t_s_all, 2),
@@ -174,23 +188,27 @@ def main(argv=None) -> int:
             "worst_r2_deficit_vs_scipy": float(np.max(r2_s - r2_b)),
             "fraction_within_0.005_of_scipy": float(np.mean(r2_b >= r2_s - 0.005)),
             "batched_converged_fraction": float(res.converged.mean()),
+            "batched_max_iter_pixels": int((res.status == 2).sum()),
+            "batched_mean_iterations": float(res.n_iter.mean()),
             "peak_rss_mb_before": round(rss0, 1),
             "peak_rss_mb_after_batched": round(rss_b, 1),
         }
         results["models"][model] = entry
-        print(f"{model}: batched {t_b:.3f} s, scipy {t_s_all:.1f} s"
+        print(f"{model}: batched {t_b:.3f} s wall / {c_b:.3f} s CPU, scipy {t_s_all:.1f} s"
               f"{' (extrapolated from %d pixels)' % pixels.size if entry['scipy_extrapolated'] else ''}"
               f" -> {entry['speedup']}x; median R2 batched {entry['batched_median_r2']:.5f} / "
               f"scipy {entry['scipy_median_r2']:.5f}; R2>0.9: {entry['batched_fraction_r2_above_0.9']:.3f}"
               f" / {entry['scipy_fraction_r2_above_0.9']:.3f}; worst deficit "
               f"{entry['worst_r2_deficit_vs_scipy']:.4f}", flush=True)
     scaling = []
-    for n in args.sizes:
+    sizes = list(args.sizes) + ([250_000] if args.with_250k else [])
+    for n in sizes:
         Y = synthetic_loops(args.models[0], n, v)
-        t = time.perf_counter()
-        res = fit_loops(Y, v, model=args.models[0])
-        dt = time.perf_counter() - t
-        scaling.append({"n_loops": n, "seconds": round(dt, 3), "us_per_loop": round(1e6 * dt / n, 1),
+        t, c = time.perf_counter(), time.process_time()
+        res = fit_loops(Y, v, model=args.models[0])   # chunk_size=4096 pixels bounds the memory
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+        scaling.append({"n_loops": n, "seconds": round(dt, 3), "cpu_seconds": round(dc, 3),
+                        "us_per_loop": round(1e6 * dt / n, 1),
                         "median_r2": float(np.median(res.r2)), "peak_rss_mb": round(peak_rss_mb(), 1)})
         print(f"scaling {args.models[0]}: {n} loops in {dt:.2f} s ({1e6 * dt / n:.0f} us/loop), "
               f"peak RSS {peak_rss_mb():.0f} MB", flush=True)

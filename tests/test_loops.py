@@ -107,6 +107,39 @@ def test_jacobian_matches_finite_differences(name):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_normal_equations_match_finite_difference_jacobian(name, weighted):
+    # the fitter only sees model.normal (cost, J^T J, J^T r built branch by branch in block
+    # order): check it against the independent formula and its finite-difference Jacobian
+    model = MODELS[name]
+    rng = np.random.default_rng(12)
+    v = V_ZERO
+    desc = sweep_masks(v)
+    order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
+    p = random_params(model, v, rng, 6)
+    y = rng.normal(size=(6, v.size))
+    w = (rng.uniform(size=(6, v.size)) > 0.2).astype(float) if weighted else np.ones((6, v.size))
+    blk = list(model.block_order)
+    cost, A, g = model.normal(torch.as_tensor(p[:, blk]), torch.as_tensor(v[desc]),
+                              torch.as_tensor(v[~desc]), torch.as_tensor(y[:, order]),
+                              torch.as_tensor(w[:, order]) if weighted else None)
+    for k in range(6):
+        J = np.empty((v.size, model.n_params))
+        for j in range(model.n_params):
+            h = 1e-6 * max(1.0, abs(p[k, j]))
+            dq = np.zeros(model.n_params)
+            dq[j] = h
+            J[:, j] = (REFS[name](p[k] + dq, v, desc) - REFS[name](p[k] - dq, v, desc)) / (2 * h)
+        r = (REFS[name](p[k], v, desc) - y[k]) * w[k]
+        Jw = (J * w[k][:, None])[:, blk]
+        assert cost[k].item() == pytest.approx(r @ r, rel=1e-10)
+        np.testing.assert_allclose(A[k].numpy(), Jw.T @ Jw, rtol=1e-5,
+                                   atol=1e-6 * np.abs(Jw.T @ Jw).max())
+        np.testing.assert_allclose(g[k].numpy(), Jw.T @ r, rtol=1e-5,
+                                   atol=1e-6 * np.abs(Jw.T @ r).max())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_model_finite_at_parameter_edges(name):
     model = MODELS[name]
     lo, hi = model.bounds(V_PAPER)

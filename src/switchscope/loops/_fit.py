@@ -20,6 +20,12 @@ from ._models import LoopModel, ModelName, get_model, sweep_masks
 
 #: Widths of the data-driven starts, as fractions of the voltage span.
 _GUESS_WIDTHS = (0.06, 0.2)
+#: Iterations of the k-means centre fits: they only seed starts, and a handful of small
+#: problems iterating to 100 costs ~1 ms of fixed overhead per iteration.
+_PRIOR_MAX_ITER = 30
+#: Problems per call in the race of the starts (measured: ~3000-problem batches run ~1.7x
+#: faster per problem than 10000-problem ones on a 32 MB L3 cache).
+_RACE_BATCH = 3072
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -236,18 +242,22 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
     order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
     yt = torch.as_tensor(cent[:, order], **tt)
     p, cost, _, _ = levenberg_marquardt(
-        model.split, torch.as_tensor(starts.reshape(-1, model.n_params), **tt), yt,
-        torch.ones_like(yt), torch.arange(k, device=tt["device"]).repeat_interleave(kk),
+        model, torch.as_tensor(starts.reshape(-1, model.n_params), **tt), yt,
+        None, torch.arange(k, device=tt["device"]).repeat_interleave(kk),
         torch.as_tensor(v[desc], **tt), torch.as_tensor(v[~desc], **tt),
-        torch.as_tensor(lower, **tt), torch.as_tensor(upper, **tt), **lm_kwargs)
+        torch.as_tensor(lower, **tt), torch.as_tensor(upper, **tt),
+        **{**lm_kwargs, "max_iter": min(lm_kwargs["max_iter"], _PRIOR_MAX_ITER)})
     best = cost.reshape(k, kk).argmin(1)
     cp = p.reshape(k, kk, -1)[torch.arange(k), best].cpu().numpy()
     return _inside(cp[labels], lower, upper)
 
 
+# no autograd bookkeeping for the thousands of small tensor ops of the fit (results are numpy);
+# the decorator adds a frame, hence stacklevel=3 on the warnings below
+@torch.inference_mode()
 def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "paper13", *,
               channel: str | None = None, n_clusters: int = 8, max_iter: int = 100,
-              ftol: float = 1e-6, xtol: float = 1e-7, race_iter: int = 6, chunk_size: int = 4096,
+              ftol: float = 1e-5, xtol: float = 1e-7, race_iter: int = 6, chunk_size: int = 4096,
               nucleation_fraction: float = 0.03, dtype: torch.dtype = torch.float64,
               device: str | torch.device | None = None, seed: int = 0) -> LoopFitResult:
     """Fit a hysteresis-loop model to every pixel at once (batched Levenberg-Marquardt).
@@ -271,7 +281,9 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     race_iter : int
         Iterations every start runs before only the best start of each pixel goes on.
     ftol, xtol : float
-        Convergence tolerances on the relative cost decrease and the relative step.
+        Convergence tolerances on the relative cost decrease and the relative step. On the
+        3600 real loops, ftol=1e-5 instead of 1e-6 cuts the mean iterations by ~25 % and the
+        pixels stopped at max_iter from ~100 to ~20, for an R2 change below 3e-4 on any pixel.
     chunk_size : int
         Pixels fitted together; bounds the memory (about ``chunk_size * n_starts * n_steps *
         n_params * 8`` bytes for the Jacobian in float64).
@@ -325,7 +337,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     if status[status == STATUS_TOO_FEW].size or const.any():
         warnings.warn(f"{int((status == STATUS_TOO_FEW).sum())} pixel(s) with too few finite points "
                       f"and {int(const.sum())} constant pixel(s) were not fitted (status 3, 4; NaN)",
-                      DataWarning, stacklevel=2)
+                      DataWarning, stacklevel=3)
 
     params = np.full((n, P), np.nan)
     stderr = np.full((n, P), np.nan)
@@ -360,12 +372,18 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
             nb = b - a
             yt = torch.as_tensor(Yn[a:b], **tt)
             wt = torch.as_tensor(Wn[a:b], **tt)
+            # unit weights everywhere (the usual, cleaned case): skip the weighting passes
+            wl = None if bool(Wn[a:b].all()) else wt
             rows = torch.arange(nb, device=dev)
             # Race: every start runs a few iterations, then only the best start per pixel goes on.
             p0 = torch.as_tensor(S[a:b].reshape(-1, P), **tt)
-            p, cost, st, it = levenberg_marquardt(mdl.split, p0, yt, wt, rows.repeat_interleave(K),
-                                                  vd, va, lo_t, hi_t, **{**lm_kwargs,
-                                                                         "max_iter": race})
+            pix = rows.repeat_interleave(K)
+            # The race runs in sub-batches that keep the Jacobian blocks in cache (a few
+            # thousand problems); it has only a few iterations, so the extra calls cost little.
+            parts = [levenberg_marquardt(mdl, p0[u:u + _RACE_BATCH], yt, wl, pix[u:u + _RACE_BATCH],
+                                         vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": race})
+                     for u in range(0, p0.shape[0], _RACE_BATCH)]
+            p, cost, st, it = (torch.cat(z) for z in zip(*parts))
             cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
             k = cost.reshape(nb, K).argmin(1)
             p = p.reshape(nb, K, P)[rows, k]
@@ -373,7 +391,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
             it = it.reshape(nb, K)[rows, k]
             go_on = torch.nonzero(st == STATUS_MAXITER)[:, 0]
             if go_on.numel() and max_iter > race:
-                p2, _, st2, it2 = levenberg_marquardt(mdl.split, p[go_on], yt, wt, go_on, vd, va,
+                p2, _, st2, it2 = levenberg_marquardt(mdl, p[go_on], yt, wl, go_on, vd, va,
                                                       lo_t, hi_t, **{**lm_kwargs,
                                                                      "max_iter": max_iter - race})
                 p[go_on], st[go_on], it[go_on] = p2, st2, it[go_on] + it2
@@ -381,18 +399,16 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
             best_st[a:b] = st.cpu().numpy()
             best_it[a:b] = it.cpu().numpy()
             # R2 and standard errors at the best start, in normalized units
-            f, J = mdl.split(p, vd, va, True)
-            r = (f - yt) * wt
-            sse = (r * r).sum(1)
+            order_t = torch.as_tensor(mdl.block_order, device=dev)
+            sse, A, _ = mdl.normal(p[:, order_t], vd, va, yt, wl)
             yw = yt * wt
             nf = wt.sum(1)
             sst = ((yw - (yw.sum(1) / nf)[:, None]) * wt).pow(2).sum(1)
             r2[fitted[a:b]] = (1.0 - sse / sst).cpu().numpy()
-            Jw = J * wt[:, None, :]
-            A = torch.bmm(Jw, Jw.transpose(1, 2))
             Ainv, info = torch.linalg.inv_ex(A)
             dof = torch.clamp(nf - P, min=1.0)
-            var = torch.diagonal(Ainv, dim1=1, dim2=2) * (sse / dof)[:, None]
+            # the diagonal of the inverse, from block order back to parameter order
+            var = torch.diagonal(Ainv, dim1=1, dim2=2)[:, torch.argsort(order_t)] * (sse / dof)[:, None]
             se = torch.sqrt(torch.clamp(var, min=0.0))
             se = torch.where(((info == 0)[:, None]) & (var >= 0), se, torch.nan)
             stderr[fitted[a:b]] = se.cpu().numpy()
@@ -422,7 +438,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     if n_max or bad.any():
         warnings.warn(f"{n_max} pixel(s) stopped at max_iter={max_iter} (status 2) and "
                       f"{int(bad.sum())} failed (status 5); see result.status", ConvergenceWarning,
-                      stacklevel=2)
+                      stacklevel=3)
     fit = np.full((n, m), np.nan)
     ok = ~notfit
     if ok.any():

@@ -1,13 +1,18 @@
 """Batched, bounded Levenberg-Marquardt: every problem of a batch is solved at once in torch.
 
 Each problem has its own damping, its own accept/reject decision and its own convergence test;
-problems that have converged leave the batch, so the work per iteration shrinks as the fit goes.
+problems that have converged are frozen and leave the batch once fewer than half of it still
+runs, so the work per iteration shrinks as the fit goes. Only the small normal equations
+(``J^T J``, ``J^T r``) are kept between iterations; the model builds them branch by branch
+(:attr:`LoopModel.normal`).
 Damping is ``lambda * I`` (DESIGN section 8: Marquardt's ``lambda * diag(J^T J)`` sent poorly
 constrained widths to their bounds); bounds are honoured by projecting each trial point onto the
 box, and a trial is accepted only if it lowers that problem's sum of squares.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -31,28 +36,34 @@ STATUS_MESSAGES = {
 _LAM_MAX = 1e10
 
 
-def levenberg_marquardt(split, p0: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
                         pixel: torch.Tensor, v_desc: torch.Tensor, v_asc: torch.Tensor,
                         lower: torch.Tensor, upper: torch.Tensor, *, max_iter: int = 200,
-                        ftol: float = 1e-9, xtol: float = 1e-9, lam0: float = 1e-2):
+                        ftol: float = 1e-9, xtol: float = 1e-9, lam0: float = 1e-2,
+                        compact: float = 0.5):
     """Minimise ``sum(w * (f(p) - y[pixel])**2)`` for every row of ``p0`` at once.
 
     Parameters
     ----------
-    split : callable
-        ``split(p, v_desc, v_asc, jac) -> (f (b, m), J (b, n_params, m))``, the model on the
-        descending steps followed by the ascending ones (:attr:`LoopModel.split`).
+    model : LoopModel
+        Its :attr:`~LoopModel.normal` gives the weighted cost and normal equations with the
+        descending steps first; only these small matrices are kept between iterations (the
+        Jacobian lives only inside ``normal``). The iterations run in the model's block order.
     p0 : tensor of shape (n_problems, n_params)
         Starting points (inside the bounds).
     y : tensor of shape (n_pixels, m)
-        Data in the step order of ``split``; non-finite entries must already be replaced
+        Data in the step order of ``normal``; non-finite entries must already be replaced
         (their weight is 0).
-    w : tensor of shape (n_pixels, n_steps)
-        Weights, 0 or 1.
+    w : tensor of shape (n_pixels, m) or None
+        Weights, 0 or 1; None when every point counts (saves a pass per iteration).
     pixel : tensor of int64, shape (n_problems,)
         Row of ``y`` that each problem fits (several starts share a pixel).
     lower, upper : tensor of shape (n_params,)
         Box bounds.
+    compact : float
+        Finished problems stay in the batch (frozen) until fewer than this fraction of it is
+        still running; then the batch is compacted. Re-indexing every tensor at every iteration
+        costs more than carrying a few finished rows.
 
     Returns
     -------
@@ -64,52 +75,61 @@ def levenberg_marquardt(split, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
     n, P = p0.shape
     dtype, device = p0.dtype, p0.device
     eye = torch.eye(P, dtype=dtype, device=device)
-    p_out = p0.clone()
+    tiny = torch.finfo(dtype).tiny
+    p_out = p0.clone()[:, model.block_order]
     cost_out = torch.full((n,), float("inf"), dtype=dtype, device=device)
     status_out = torch.full((n,), STATUS_MAXITER, dtype=torch.int64, device=device)
     iter_out = torch.zeros(n, dtype=torch.int64, device=device)
 
+    ws: dict = {}
+    normal = functools.partial(model.normal, ws=ws)
+    order = torch.tensor(model.block_order, dtype=torch.int64, device=device)
+    inv = torch.argsort(order)
+    lower, upper = lower[order], upper[order]
     idx = torch.arange(n, device=device)
-    p = p0.clone()
-    ya, wa = y[pixel], w[pixel]
-    f, J = split(p, v_desc, v_asc, True)
-    r = (f - ya) * wa
-    J = J * wa[:, None, :]
-    cost = (r * r).sum(1)
+    p = p0[:, order]
+    ya = y.index_select(0, pixel)
+    wa = None if w is None else w.index_select(0, pixel)
+    cost, A, g = normal(p, v_desc, v_asc, ya, wa)
     lam = torch.full((n,), lam0, dtype=dtype, device=device)
     nu = torch.full((n,), 2.0, dtype=dtype, device=device)
     bad = ~torch.isfinite(cost)
     status_out[idx[bad]] = STATUS_NONFINITE
-    keep = ~bad
-    idx, p, ya, wa, r, J, cost, lam, nu = (t[keep] for t in (idx, p, ya, wa, r, J, cost, lam, nu))
+    alive = ~bad
 
+    def take(keep):
+        nonlocal idx, p, ya, wa, A, g, cost, lam, nu, alive
+        k = torch.nonzero(keep)[:, 0]
+        idx, p, ya, A, g, cost, lam, nu = (t.index_select(0, k) for t in
+                                           (idx, p, ya, A, g, cost, lam, nu))
+        wa = None if wa is None else wa.index_select(0, k)
+        alive = torch.ones(k.numel(), dtype=torch.bool, device=device)
+
+    if bool(bad.any()):
+        take(alive)
     for it in range(1, max_iter + 1):
-        if idx.numel() == 0:
+        n_alive = int(alive.sum())
+        if n_alive == 0:
             break
-        A = torch.bmm(J, J.transpose(1, 2))
-        g = torch.bmm(J, r[:, :, None])
+        if n_alive < compact * alive.numel():
+            take(alive)
         L, info = torch.linalg.cholesky_ex(A + lam[:, None, None] * eye)
-        delta = -torch.cholesky_solve(g, L)[:, :, 0]
+        delta = -torch.cholesky_solve(g[:, :, None], L)[:, :, 0]
         p_new = torch.maximum(torch.minimum(p + delta, upper), lower)
         step = p_new - p
-        f_new, J_new = split(p_new, v_desc, v_asc, True)
-        r_new = (f_new - ya) * wa
-        cost_new = (r_new * r_new).sum(1)
-        ok = (info == 0) & torch.isfinite(cost_new) & (cost_new < cost)
-        # predicted cost of the (projected) linearised step, for the MINPACK-style test
+        cost_new, A_new, g_new = normal(p_new, v_desc, v_asc, ya, wa)
+        ok = alive & (info == 0) & torch.isfinite(cost_new) & (cost_new < cost)
+        # predicted decrease of the (projected) linearised step, for the MINPACK-style test:
         # ||r + J s||^2 = cost + 2 s.g + s.A.s, so the prediction needs no pass over the steps
-        pred = -(2.0 * (step * g[:, :, 0]).sum(1)
-                 + (step * torch.bmm(A, step[:, :, None])[:, :, 0]).sum(1))
+        pred = -(2.0 * (step * g).sum(1) + (step * torch.bmm(A, step[:, :, None])[:, :, 0]).sum(1))
         actual = cost - cost_new
-        scale = torch.clamp(cost, min=torch.finfo(dtype).tiny)
+        scale = torch.clamp(cost, min=tiny)
         small_f = ok & (actual <= ftol * scale) & (pred.abs() <= ftol * scale)
         small_x = ok & (step.norm(dim=1) <= xtol * (p.norm(dim=1) + xtol))
 
-        okc = ok[:, None]
-        p = torch.where(okc, p_new, p)
-        r = torch.where(okc, r_new, r)
-        acc = torch.nonzero(ok)[:, 0]
-        J.index_copy_(0, acc, J_new[acc] * wa[acc, None, :])
+        p = torch.where(ok[:, None], p_new, p)
+        A = torch.where(ok[:, None, None], A_new, A)
+        g = torch.where(ok[:, None], g_new, g)
         cost = torch.where(ok, cost_new, cost)
         # Nielsen's damping update: shrink by how well the linear model predicted the decrease,
         # grow geometrically on repeated rejections.
@@ -117,19 +137,18 @@ def levenberg_marquardt(split, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
         shrink = torch.clamp(1.0 - (2.0 * rho - 1.0) ** 3, min=1.0 / 3.0)
         lam = torch.where(ok, torch.clamp(lam * shrink, min=1e-12), lam * nu)
         nu = torch.where(ok, torch.full_like(nu, 2.0), nu * 2.0)
-        stalled = lam > _LAM_MAX
         # a zero cost is a perfect fit
-        perfect = cost <= torch.finfo(dtype).tiny
-        done = small_f | small_x | stalled | perfect | (it == max_iter)
+        stop_x = small_x | (lam > _LAM_MAX) | (cost <= tiny)
+        done = alive & (small_f | stop_x | (it == max_iter))
         if bool(done.any()):
-            di = idx[done]
-            p_out[di] = p[done]
-            cost_out[di] = cost[done]
+            k = torch.nonzero(done)[:, 0]
+            di = idx[k]
+            p_out[di] = p[k]    # block order until the return
+            cost_out[di] = cost[k]
             iter_out[di] = it
             st = torch.full_like(di, STATUS_MAXITER)
-            st = torch.where((small_x | stalled | perfect)[done], STATUS_XTOL, st)
-            st = torch.where(small_f[done], STATUS_FTOL, st)
+            st = torch.where(stop_x[k], STATUS_XTOL, st)
+            st = torch.where(small_f[k], STATUS_FTOL, st)
             status_out[di] = st
-            keep = ~done
-            idx, p, ya, wa, r, J, cost, lam, nu = (t[keep] for t in (idx, p, ya, wa, r, J, cost, lam, nu))
-    return p_out, cost_out, status_out, iter_out
+            alive = alive & ~done
+    return p_out[:, inv], cost_out, status_out, iter_out

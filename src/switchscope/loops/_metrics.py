@@ -51,7 +51,7 @@ def _first_crossing(t: np.ndarray, grid: np.ndarray, level: float, rising: bool)
 
 
 def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
-                 nucleation_fraction: float = 0.03, n_grid: int = 641) -> dict[str, np.ndarray]:
+                 nucleation_fraction: float = 0.03, n_grid: int = 321) -> dict[str, np.ndarray]:
     """Switching parameters of fitted loops.
 
     Parameters
@@ -65,7 +65,10 @@ def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
     nucleation_fraction : float
         Fraction of the height by which the response has changed at the nucleation bias.
     n_grid : int
-        Points of the dense voltage grid.
+        Points of the dense voltage grid. With 321 points over +-16 V (0.1 V spacing), the
+        metrics of the 3600 real fits differ from those on a 10241-point grid by at most
+        0.005 V (coercive), 0.03 V (nucleation) and 1e-4 (relative area); 641 points halve
+        those errors at twice the cost.
 
     Returns
     -------

@@ -120,6 +120,17 @@ class LoopModel:
     levels : callable
         ``levels(p) -> (low, high)``: the response levels the loop saturates to at large negative
         and positive voltage, without the linear background.
+    normal : callable
+        ``normal(q, vd, va, y, w, ws=None) -> (cost (n,), A (n, n_params, n_params), g (n, n_params))``:
+        the weighted sum of squares against ``y`` (split step order; ``w`` of the same shape, or
+        None for unit weights), the Gauss-Newton matrix ``J^T J`` and gradient ``J^T r``, built
+        branch by branch so that the zeros of ``J`` (each branch's own parameters do not touch the
+        other branch) are never stored or multiplied. ``q``, ``A`` and ``g`` are in block order
+        (``q = p[:, block_order]``); ``ws``, a dict kept by the caller across calls, lets the
+        scratch Jacobian blocks be reused. This is what the fitter calls.
+    block_order : tuple of int
+        The parameters shared by both branches, then the descending branch's own, then the
+        ascending branch's own.
     """
 
     name: str
@@ -129,6 +140,8 @@ class LoopModel:
     bounds: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     guess: Callable[..., np.ndarray]
     levels: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    normal: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    block_order: tuple[int, ...]
     slope_index: int
     reference: str
 
@@ -229,19 +242,20 @@ def _paper13_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: boo
     a1, a2, a3, b1, b2, b3, b4, b5, b6, b7, b8, au, al = (p[:, i:i + 1] for i in range(13))
     md = vd.shape[0]
     w1 = (vd - b7) / b5
-    ew1, gw1 = _erf_gauss(w1)
-    s1 = 0.5 * (b1 + b2) + 0.5 * (b2 - b1) * ew1
+    s1 = 0.5 * (b1 + b2) + 0.5 * (b2 - b1) * torch.erf(w1)
     z1 = (vd - au) / s1
     w2 = (va - b8) / b6
-    ew2, gw2 = _erf_gauss(w2)
-    s2 = 0.5 * (b4 + b3) + 0.5 * (b3 - b4) * ew2
+    s2 = 0.5 * (b4 + b3) + 0.5 * (b3 - b4) * torch.erf(w2)
     z2 = (va - al) / s2
     v = torch.cat((vd, va))
-    ez, gz = _erf_gauss(torch.cat((z1, z2), dim=1))
     h = 0.5 * (a2 - a1)
-    f = 0.5 * (a1 + a2) + h * ez + a3 * v
     if not jac:
-        return f, None
+        # the function alone (metrics, fitted curves): no derivative terms
+        return 0.5 * (a1 + a2) + h * torch.erf(torch.cat((z1, z2), dim=1)) + a3 * v, None
+    ew1, gw1 = _erf_gauss(w1)
+    ew2, gw2 = _erf_gauss(w2)
+    ez, gz = _erf_gauss(torch.cat((z1, z2), dim=1))
+    f = 0.5 * (a1 + a2) + h * ez + a3 * v
     n, m = f.shape
     J = p.new_empty((n, 13, m))
     # each branch's own parameters have no effect on the other branch
@@ -264,6 +278,94 @@ def _paper13_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: boo
     J[:, 8, md:] = J[:, 10, md:] * w2
     J[:, 12, md:] = df_da2
     return f, J
+
+
+def _buffer(ws: dict | None, key, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A scratch tensor of ``shape``, reused across calls through the workspace ``ws``.
+
+    The Jacobian blocks are ~10 MB: allocated afresh at every iteration, glibc hands them back
+    to the kernel and every page faults again on the next write (measured: ~2x the cost of the
+    whole normal-equation pass). Buffers only grow; a smaller batch uses the leading rows.
+    """
+    if ws is None:
+        return like.new_empty(shape)
+    buf = ws.get(key)
+    if (buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]
+            or buf.dtype != like.dtype or buf.device != like.device):
+        buf = ws[key] = like.new_empty(shape)
+    return buf[:shape[0]]
+
+
+def _branch_normal(j_parts, w: torch.Tensor | None, md: int, n_common: int):
+    """Cost, ``J^T J`` and ``J^T r`` in block order from the two branches' Jacobian blocks.
+
+    ``j_parts[b]`` is ``(n, n_common + k_b + 1, m_b)``: the rows of the parameters shared by
+    both branches first, then branch ``b``'s own, then the residual ``f - y`` of the branch. One
+    batched product of this block with itself gives ``J^T J``, ``J^T r`` and ``r^T r`` at once.
+    The normal matrix is assembled in the block order (shared, descending-own, ascending-own)
+    without ever forming the zero blocks of ``J``.
+    """
+    grams = []
+    for b, J in enumerate(j_parts):
+        if w is not None:
+            J = J * (w[:, :md] if b == 0 else w[:, md:])[:, None, :]
+        grams.append(torch.bmm(J, J.transpose(1, 2)))
+    G1, G2 = grams
+    c, e = n_common, G1.shape[1] - 1
+    n, P = G1.shape[0], e + G2.shape[1] - 1 - c
+    A = G1.new_empty((n, P, P))
+    A[:, :e, :e] = G1[:, :e, :e]
+    A[:, :c, :c] += G2[:, :c, :c]
+    A[:, :c, e:] = G2[:, :c, c:-1]
+    A[:, e:, :c] = G2[:, c:-1, :c]
+    A[:, e:, e:] = G2[:, c:-1, c:-1]
+    A[:, c:e, e:] = 0.0
+    A[:, e:, c:e] = 0.0
+    g = torch.cat((G1[:, :c, -1] + G2[:, :c, -1], G1[:, c:e, -1], G2[:, c:-1, -1]), dim=1)
+    return G1[:, -1, -1] + G2[:, -1, -1], A, g
+
+
+# block order: shared (a1, a2, a3), descending (b1, b2, b5, b7, Au), ascending (b3, b4, b6, b8, Al)
+_PAPER13_BLOCKS = (0, 1, 2, 3, 4, 7, 9, 11, 5, 6, 8, 10, 12)
+
+
+def _paper13_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torch.Tensor,
+                    w: torch.Tensor | None, ws: dict | None = None):
+    """:attr:`LoopModel.normal` of paper13 (same formulas as :func:`_paper13_split`).
+
+    ``p`` is in block order (:data:`_PAPER13_BLOCKS`). The Jacobian rows are written straight
+    into one preallocated block per branch (``out=``), which avoids a stacking copy per row.
+    """
+    a1, a2, a3, b1, b2, b5, b7, au, b3, b4, b6, b8, al = p[:, :, None].unbind(1)
+    h = 0.5 * (a2 - a1)
+    c0 = 0.5 * (a1 + a2)
+    n, md = p.shape[0], vd.shape[0]
+    js = []
+    # S = (bl+bh)/2 + (bh-bl)/2 erf((V-bc)/bw): descending bl=b1, bh=b2; ascending bl=b4, bh=b3
+    for v, bl, bh, bw, bc, vc, desc in ((vd, b1, b2, b5, b7, au, True),
+                                        (va, b4, b3, b6, b8, al, False)):
+        J = _buffer(ws, ("paper13", desc), (n, 9, v.shape[0]), p)
+        j_a1, j_a2, j_a3, j_3, j_4, j_bw, j_bc, j_vc, res = J.unbind(1)
+        j_lo, j_hi = (j_3, j_4) if desc else (j_4, j_3)
+        wv = (v - bc) / bw
+        ew = torch.erf(wv)
+        half = 0.5 * (bh - bl)
+        s = 0.5 * (bl + bh) + half * ew
+        z = (v - vc) / s
+        ez = torch.erf(z)
+        torch.sub(c0 + h * ez + a3 * v, y[:, :md] if desc else y[:, md:], out=res)
+        torch.mul(ez, -0.5, out=j_a1).add_(0.5)
+        torch.mul(ez, 0.5, out=j_a2).add_(0.5)
+        j_a3.copy_(v)
+        # d f / d(switching voltage) = -h erf'(z) / S
+        torch.mul(z, z, out=j_vc).neg_().exp_().mul_((-_TWO_OVER_SQRT_PI) * h).div_(s)
+        dfds = j_vc * z
+        torch.mul(ew, -0.5, out=j_lo).add_(0.5).mul_(dfds)          # dS/dbl = (1 - erf)/2
+        torch.sub(dfds, j_lo, out=j_hi)
+        torch.mul(wv, wv, out=j_bc).neg_().exp_().mul_(dfds).mul_((-_TWO_OVER_SQRT_PI) * half / bw)
+        torch.mul(j_bc, wv, out=j_bw)
+        js.append(J)
+    return _branch_normal(js, w, md, 3)
 
 
 def _paper13_bounds(voltage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -313,15 +415,17 @@ def _bglib9_branch(v, a0, a1, vc, a4, w_lo, w_hi, jac: bool):
     ``y = (g erf((V - vc)/g) + w_lo) / (w_lo + w_hi)``, ``f = a0 + a1 y + a4 V``.
     """
     x = v - vc
-    ed, gd = _erf_gauss(BGLIB9_D * x)
+    ed = torch.erf(BGLIB9_D * x)
     g = 0.5 * (w_hi - w_lo) * (ed + 1.0) + w_lo
     z = x / g
-    ez, gz = _erf_gauss(z)
+    ez = torch.erf(z)
     ssum = w_lo + w_hi
     y = (g * ez + w_lo) / ssum
     f = a0 + a1 * y + a4 * v
     if not jac:
         return f, None
+    gd = _TWO_OVER_SQRT_PI * torch.exp(-(BGLIB9_D * x) ** 2)
+    gz = _TWO_OVER_SQRT_PI * torch.exp(-z * z)
     dy_dg = (ez - gz * z) / ssum                   # d/dg [g erf(x/g)] = erf(z) - z erf'(z)
     dg_dvc = -0.5 * (w_hi - w_lo) * gd * BGLIB9_D
     dy_dvc = dy_dg * dg_dvc - gz / ssum            # explicit x-dependence: g erf'(z) (-1/g)
@@ -362,6 +466,26 @@ def _bglib9_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: bool
     return f, J
 
 
+# block order: shared (a0, a1, a4), descending (a2, b0, b1), ascending (a3, b2, b3)
+_BGLIB9_BLOCKS = (0, 1, 4, 2, 5, 6, 3, 7, 8)
+
+
+def _bglib9_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torch.Tensor,
+                   w: torch.Tensor | None, ws: dict | None = None):
+    """:attr:`LoopModel.normal` of bglib9 (same formulas as :func:`_bglib9_split`); ``p`` in
+    block order (:data:`_BGLIB9_BLOCKS`)."""
+    a0, a1, a4, a2, b0, b1, a3, b2, b3 = p[:, :, None].unbind(1)
+    md = vd.shape[0]
+    js = []
+    for b, (v, vc, lo, hi, yb) in enumerate(((vd, a2, b0, b1, y[:, :md]),
+                                             (va, a3, b2, b3, y[:, md:]))):
+        f, (shape, dvc, dlo, dhi) = _bglib9_branch(v, a0, a1, vc, a4, lo, hi, True)
+        J = _buffer(ws, ("bglib9", b), (p.shape[0], 7, v.shape[0]), p)
+        js.append(torch.stack((torch.ones_like(f), shape, v.expand_as(f), dvc, dlo, dhi, f - yb),
+                              dim=1, out=J))
+    return _branch_normal(js, w, md, 3)
+
+
 def _bglib9_bounds(voltage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v = np.asarray(voltage, dtype=float)
     span, vmin, vmax = _span(v), float(v.min()), float(v.max())
@@ -397,6 +521,8 @@ MODELS: dict[str, LoopModel] = {
         bounds=_paper13_bounds,
         guess=_paper13_guess,
         levels=_paper13_levels,
+        normal=_paper13_normal,
+        block_order=_PAPER13_BLOCKS,
         slope_index=2,
         reference="Agar et al., Nat. Commun. 10, 4809 (2019), Methods: 13-parameter loop",
     ),
@@ -408,6 +534,8 @@ MODELS: dict[str, LoopModel] = {
         bounds=_bglib9_bounds,
         guess=_bglib9_guess,
         levels=_bglib9_levels,
+        normal=_bglib9_normal,
+        block_order=_BGLIB9_BLOCKS,
         slope_index=4,
         reference="pycroscopy/BGlib, BGlib/be/analysis/utils/be_loop.py, loop_fit_function",
     ),

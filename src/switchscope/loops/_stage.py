@@ -52,7 +52,7 @@ class LoopsConfig(StageConfig):
     n_clusters: int = 8
     max_iter: int = 100
     race_iter: int = 6
-    ftol: float = 1e-6
+    ftol: float = 1e-5
     xtol: float = 1e-7
     chunk_size: int = 4096
     nucleation_fraction: float = 0.03
