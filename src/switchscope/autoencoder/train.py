@@ -32,6 +32,7 @@ from torch import nn
 
 from .._config import StageConfig, register
 from .._dataset import CHANNELS
+from .._embedding import active_neurons  # noqa: F401  (re-exported: one definition)
 from .._errors import ConfigError, ConvergenceWarning, DataError, NotFittedError, OutputError
 from .model import SparseLSTMAutoencoder
 
@@ -204,28 +205,6 @@ def l1_penalty(z: torch.Tensor, l1: float, reduction: L1Reduction = "mean") -> t
     """
     total = z.abs().sum()
     return l1 * (total if reduction == "sum" else total / z.shape[0])
-
-
-def active_neurons(Z: np.ndarray, threshold: float = 1e-6, min_fraction: float = 1e-3) -> np.ndarray:
-    """Which embedding neurons are active.
-
-    A neuron is *active* when its activation exceeds ``threshold`` on at least ``min_fraction`` of
-    the pixels (and on at least one pixel). With the defaults: above 1e-6 on 0.1 % of the pixels,
-    so a neuron that fires on a handful of noisy pixels of a 60 x 60 scan still counts as inactive.
-
-    Parameters
-    ----------
-    Z : array of shape (n_pixels, n_neurons)
-
-    Returns
-    -------
-    ndarray of bool, shape (n_neurons,)
-    """
-    Z = np.asarray(Z)
-    if Z.ndim != 2:
-        raise DataError(f"the embedding must have shape (n_pixels, n_neurons), got {Z.shape}")
-    count = (Z > threshold).sum(axis=0)
-    return count >= max(1, math.ceil(min_fraction * Z.shape[0]))
 
 
 def lr_at(progress: float, lr: float, schedule: Schedule) -> float:
