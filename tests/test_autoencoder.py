@@ -147,9 +147,15 @@ def test_presets_carry_the_paper_values():
     assert (p.lr, p.batch_size, p.l1_reduction) == (3e-5, 1800, "sum")
     assert p.l1_for("piezoresponse") == 1e-5 and p.l1_for("resonance") == 1e-4
     # Batch-agnostic reduction: the same per-loop strength as the paper's batch sum.
-    f = AutoencoderConfig()
+    f = AutoencoderConfig(l1_scale=1.0)
     assert f.l1_for("resonance") == pytest.approx(1e-4 * PAPER_BATCH)
-    assert AutoencoderConfig(l1=0.5).l1_for("resonance") == 0.5
+    # l1_scale scales the paper's per-channel value, keeping the 10:1 ratio between channels.
+    w = AutoencoderConfig(l1_scale=0.1)
+    assert w.l1_for("resonance") == pytest.approx(1e-5 * PAPER_BATCH)
+    assert w.l1_for("piezoresponse") == pytest.approx(1e-6 * PAPER_BATCH)
+    assert AutoencoderConfig(l1=0.5, l1_scale=0.1).l1_for("resonance") == 0.5
+    with pytest.raises(ConfigError):
+        AutoencoderConfig(l1_scale=-1.0)
 
 
 def test_l1_penalty_closed_form():
