@@ -265,3 +265,21 @@ def test_config_file_reaches_the_stage(capsys, tmp_path):
     assert code == 0, err
     with xr.open_dataset(out / "results.nc", engine="h5netcdf") as ds:
         assert (ds.sizes["row"], ds.sizes["col"]) == (4, 3)
+
+
+def test_fit_loops_and_decompose_commands(capsys, tmp_path, loops_npz):
+    import xarray as xr
+
+    code, _, err = run_cli(capsys, "fit-loops", "--data", loops_npz, "--out", tmp_path / "fit.nc",
+                           "--model", "bglib9")
+    assert code == 0, err
+    with xr.open_dataset(tmp_path / "fit.nc", engine="h5netcdf") as ds:
+        assert ds["loop_params"].shape[:2] == (6, 5) and ds.sizes["param"] == 9
+        assert float(np.nanmedian(ds["loop_r2"].values)) > 0.9
+    code, _, err = run_cli(capsys, "decompose", "--data", loops_npz, "--out", tmp_path / "dec.nc")
+    assert code == 0, err
+    with xr.open_dataset(tmp_path / "dec.nc", engine="h5netcdf") as ds:
+        assert ds["cluster_divisive"].shape == (6, 5)
+        assert "pca_scores" in ds and "piezoresponse" in ds  # inputs kept
+    code, _, err = run_cli(capsys, "decompose", "--data", loops_npz, "--out", tmp_path / "dec.nc")
+    assert_one_line_error(code, err, "--force")

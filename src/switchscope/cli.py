@@ -133,32 +133,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fit_loops(args: argparse.Namespace) -> int:
+def _one_stage_command(args: argparse.Namespace, section: str, apply, overrides=None) -> int:
+    """Load ``--data``, apply one stage's function with its config, save to ``--out``."""
     from .io import load, save
-    from .loops import fit_loops_dataset
 
     out = Path(args.out)
     _check_out_file(out, args.force)
-    configs = _configs(args, {"loops": {"model": args.model}})
+    configs = _configs(args, {section: overrides or {}})
     ds = load(args.data, **_load_options(args))
-    ds = fit_loops_dataset(ds, configs.get("loops") or STAGE_CONFIGS["loops"]())
+    ds = apply(ds, configs.get(section) or STAGE_CONFIGS[section]())
     save(ds, out, overwrite=args.force)
     print(f"wrote {out}")
     return 0
+
+
+def cmd_fit_loops(args: argparse.Namespace) -> int:
+    from .loops import fit_loops_dataset
+
+    return _one_stage_command(args, "loops", fit_loops_dataset, {"model": args.model})
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
     from .decomposition import decompose_dataset
-    from .io import load, save
 
-    out = Path(args.out)
-    _check_out_file(out, args.force)
-    configs = _configs(args)
-    ds = load(args.data, **_load_options(args))
-    ds = decompose_dataset(ds, configs.get("decomposition") or STAGE_CONFIGS["decomposition"]())
-    save(ds, out, overwrite=args.force)
-    print(f"wrote {out}")
-    return 0
+    return _one_stage_command(args, "decomposition", decompose_dataset)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
