@@ -164,23 +164,21 @@ class LoopModel:
         J[:, order] = J_s.transpose(1, 2)
         return f, J
 
-    def __call__(self, params, voltage, descending=None) -> np.ndarray:
-        """Evaluate the model with numpy inputs: ``params (n, n_params)`` -> ``(n, n_steps)``."""
+    def _evaluate_numpy(self, params, voltage, descending, jac: bool) -> np.ndarray:
         v = np.asarray(voltage, dtype=float).ravel()
         d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
         p = torch.as_tensor(np.atleast_2d(np.asarray(params, dtype=float)))
-        f, _ = self.evaluate(p, torch.as_tensor(v), torch.as_tensor(d), False)
-        out = f.numpy()
+        f, J = self.evaluate(p, torch.as_tensor(v), torch.as_tensor(d), jac)
+        out = (J if jac else f).numpy()
         return out[0] if np.ndim(params) == 1 else out
+
+    def __call__(self, params, voltage, descending=None) -> np.ndarray:
+        """Evaluate the model with numpy inputs: ``params (n, n_params)`` -> ``(n, n_steps)``."""
+        return self._evaluate_numpy(params, voltage, descending, False)
 
     def jacobian(self, params, voltage, descending=None) -> np.ndarray:
         """Analytic Jacobian with numpy inputs: ``(n, n_params)`` -> ``(n, n_steps, n_params)``."""
-        v = np.asarray(voltage, dtype=float).ravel()
-        d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
-        p = torch.as_tensor(np.atleast_2d(np.asarray(params, dtype=float)))
-        _, J = self.evaluate(p, torch.as_tensor(v), torch.as_tensor(d), True)
-        out = J.numpy()
-        return out[0] if np.ndim(params) == 1 else out
+        return self._evaluate_numpy(params, voltage, descending, True)
 
 
 # --------------------------------------------------------------------------------------------
