@@ -219,8 +219,47 @@ def test_stderr_matches_independent_covariance():
             J[:, j] = (ref_paper13(q + dq, V_PAPER, desc) - ref_paper13(q - dq, V_PAPER, desc)) / (2 * h)
         r = ref_paper13(q, V_PAPER, desc) - y[k]
         cov = np.linalg.inv(J.T @ J) * (r @ r) / (V_PAPER.size - 13)
-        var = np.diag(cov)
-        np.testing.assert_allclose(res.stderr[k], np.sqrt(var), rtol=1e-3)
+        ref = np.sqrt(np.diag(cov))
+        # a fit may end where a width transition left the voltage range: those parameters are
+        # undetermined (singular J^T J), which the fitter reports as NaN (or a huge value)
+        undetermined = ref > 1e6
+        assert undetermined.sum() <= 2
+        assert np.all(np.isnan(res.stderr[k][undetermined]) | (res.stderr[k][undetermined] > 1e6))
+        np.testing.assert_allclose(res.stderr[k][~undetermined], ref[~undetermined], rtol=1e-3)
+
+
+def test_optimum_beyond_a_bound_meets_the_bound_optimality_conditions():
+    # switching sharper than the narrowest width allowed (all widths below 1e-3 of the span):
+    # the fit must end on the lower width bound at a point that satisfies the bound-constrained
+    # optimality (KKT) conditions, checked with finite differences of an independent formula:
+    # moving a parameter held on its bound into the box raises the cost, and the cost is flat
+    # along every free parameter
+    rng = np.random.default_rng(11)
+    lo, hi = paper13.bounds(V_PAPER)
+    w = 0.2 * lo[3]
+    p = np.array([-1.0, 1.0, 0.005, w, w, w, w, 3.0, 3.0, -5.0, 5.0, -4.1, 4.3])
+    y = paper13(p, V_PAPER) + 0.01 * rng.normal(size=(3, 96))
+    res = fit_loops(y, V_PAPER, n_clusters=0, ftol=1e-10, xtol=1e-12, max_iter=300)
+    desc = sweep_masks(V_PAPER)
+    assert np.all(res.params[:, 3:7].min(1) <= lo[3] * (1 + 1e-9))
+    for k in range(3):
+        q = res.params[k]
+
+        def sse(x):
+            return np.sum((ref_paper13(x, V_PAPER, desc) - y[k]) ** 2)
+
+        base = sse(q)
+        for j in range(13):
+            h = 1e-6 * max(1.0, abs(q[j]))
+            dq = np.zeros(13)
+            dq[j] = h
+            if q[j] <= lo[j]:
+                assert sse(q + dq) >= base - 1e-12 * base, (k, j)
+            elif q[j] >= hi[j]:
+                assert sse(q - dq) >= base - 1e-12 * base, (k, j)
+            else:
+                grad = (sse(q + dq) - sse(q - dq)) / (2 * h)
+                assert abs(grad) * max(1.0, abs(q[j])) < 1e-3 * base, (k, j, grad)
 
 
 def test_metrics_closed_form_for_constant_widths():

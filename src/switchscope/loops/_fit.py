@@ -26,6 +26,11 @@ _PRIOR_MAX_ITER = 30
 #: Problems per call in the race of the starts (measured: ~3000-problem batches run ~1.7x
 #: faster per problem than 10000-problem ones on a 32 MB L3 cache).
 _RACE_BATCH = 3072
+#: Successive halving of the race: after this many iterations, starts whose cost exceeds
+#: this ratio times their pixel's best stop. Measured on the 3600 real loops: the race's
+#: choice then changes on no pixel by more than 1e-3 in R2, at about half the race's work.
+_PRUNE_ITER = 2
+_PRUNE_RATIO = 1.5
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -252,6 +257,41 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
     return _inside(cp[labels], lower, upper)
 
 
+def _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, n_iter):
+    """:func:`levenberg_marquardt` over sub-batches of :data:`_RACE_BATCH` problems.
+
+    Sub-batches keep the Jacobian blocks in cache (a few thousand problems); the race has only
+    a few iterations, so the extra calls cost little.
+    """
+    parts = [levenberg_marquardt(mdl, p0[u:u + _RACE_BATCH], yt, wl, pix[u:u + _RACE_BATCH],
+                                 vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": n_iter})
+             for u in range(0, p0.shape[0], _RACE_BATCH)]
+    p, cost, st, it = (torch.cat(z) for z in zip(*parts))
+    cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
+    return p, cost, st, it
+
+
+def _race(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, race: int):
+    """Run every start ``race`` iterations, pruning clear losers early (successive halving).
+
+    After :data:`_PRUNE_ITER` iterations, a start whose cost is above :data:`_PRUNE_RATIO` times
+    its pixel's best stops; the others run on to ``race`` iterations. Returns ``p, cost, status,
+    n_iter`` per start (pruned starts keep their early values, so they lose the choice).
+    """
+    first = min(_PRUNE_ITER, race)
+    p, cost, st, it = _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, first)
+    if race <= first:
+        return p, cost, st, it
+    best = torch.full((yt.shape[0],), float("inf"), dtype=cost.dtype, device=cost.device)
+    best = best.scatter_reduce(0, pix, cost, reduce="amin")
+    keep = torch.nonzero((st == STATUS_MAXITER) & (cost <= _PRUNE_RATIO * best[pix]))[:, 0]
+    if keep.numel():
+        p2, c2, st2, it2 = _lm_batched(mdl, p[keep], yt, wl, pix[keep], vd, va, lo_t, hi_t,
+                                       lm_kwargs, race - first)
+        p[keep], cost[keep], st[keep], it[keep] = p2, c2, st2, it[keep] + it2
+    return p, cost, st, it
+
+
 # no autograd bookkeeping for the thousands of small tensor ops of the fit (results are numpy);
 # the decorator adds a frame, hence stacklevel=3 on the warnings below
 @torch.inference_mode()
@@ -377,23 +417,16 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
             rows = torch.arange(nb, device=dev)
             # Race: every start runs a few iterations, then only the best start per pixel goes on.
             p0 = torch.as_tensor(S[a:b].reshape(-1, P), **tt)
-            pix = rows.repeat_interleave(K)
-            # The race runs in sub-batches that keep the Jacobian blocks in cache (a few
-            # thousand problems); it has only a few iterations, so the extra calls cost little.
-            parts = [levenberg_marquardt(mdl, p0[u:u + _RACE_BATCH], yt, wl, pix[u:u + _RACE_BATCH],
-                                         vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": race})
-                     for u in range(0, p0.shape[0], _RACE_BATCH)]
-            p, cost, st, it = (torch.cat(z) for z in zip(*parts))
-            cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
+            p, cost, st, it = _race(mdl, p0, yt, wl, rows.repeat_interleave(K), vd, va, lo_t, hi_t,
+                                    lm_kwargs, race)
             k = cost.reshape(nb, K).argmin(1)
             p = p.reshape(nb, K, P)[rows, k]
             st = st.reshape(nb, K)[rows, k]
             it = it.reshape(nb, K)[rows, k]
             go_on = torch.nonzero(st == STATUS_MAXITER)[:, 0]
             if go_on.numel() and max_iter > race:
-                p2, _, st2, it2 = levenberg_marquardt(mdl, p[go_on], yt, wl, go_on, vd, va,
-                                                      lo_t, hi_t, **{**lm_kwargs,
-                                                                     "max_iter": max_iter - race})
+                p2, _, st2, it2 = _lm_batched(mdl, p[go_on], yt, wl, go_on, vd, va, lo_t, hi_t,
+                                              lm_kwargs, max_iter - race)
                 p[go_on], st[go_on], it[go_on] = p2, st2, it[go_on] + it2
             best_p[a:b] = p.cpu().numpy()
             best_st[a:b] = st.cpu().numpy()
