@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from switchscope.autoencoder import (
     lr_at,
     n_parameters,
 )
+from switchscope.autoencoder.model import phase_features
 from switchscope.autoencoder.train import PAPER_BATCH, PAPER_L1
 
 torch.set_num_threads(1)
@@ -74,6 +76,36 @@ def test_any_sequence_length(steps):
     assert ae.decode(ae.transform(X), n_steps=11).shape == (40, 11)
     # The paper's network (no mean loop) takes a length it was not trained on.
     assert ae.transform(toy(n=5, steps=steps + 5)).shape == (5, 16)
+
+
+def test_phase_features_closed_form():
+    n, k = 37, 3
+    F = phase_features(n, k, dtype=torch.float64).numpy()
+    t = np.arange(n) / n
+    for j in range(k):
+        np.testing.assert_allclose(F[:, 2 * j], np.sin(2 * np.pi * (j + 1) * t), atol=1e-12)
+        np.testing.assert_allclose(F[:, 2 * j + 1], np.cos(2 * np.pi * (j + 1) * t), atol=1e-12)
+
+
+def test_phase_input_reaches_the_decoder_and_survives_save_load(tmp_path):
+    # the decoder's first layer reads the embedding and 2 * n_phase phase features; their
+    # weights act on the output (zeroing them changes it); the option is saved with the weights
+    net = SparseLSTMAutoencoder(hidden=6, depth=1, n_neurons=4, dropout=0.0, n_phase=2).eval()
+    first = net.decoder.rnn.layers[0]
+    assert first.input_size == 4 + 4
+    z = torch.rand(3, 4)
+    with torch.no_grad():
+        out = net.decode(z, 20)
+        for w in (first.weight_ih_l0, first.weight_ih_l0_reverse):
+            w[:, 4:] = 0.0
+        assert not torch.allclose(net.decode(z, 20), out)
+    X = toy(n=60, steps=24)
+    ae = Autoencoder(tiny(epochs=2, n_phase=2)).fit(X)
+    back = Autoencoder.load(ae.save(tmp_path / "m"))
+    assert back.config.n_phase == 2
+    np.testing.assert_array_equal(back.reconstruct(X), ae.reconstruct(X))
+    with pytest.raises(ConfigError, match="n_phase"):
+        AutoencoderConfig(n_phase=-1)
 
 
 def test_centered_network_works_around_the_training_mean_loop():
@@ -156,6 +188,17 @@ def test_presets_carry_the_paper_values():
     assert AutoencoderConfig(l1=0.5, l1_scale=0.1).l1_for("resonance") == 0.5
     with pytest.raises(ConfigError):
         AutoencoderConfig(l1_scale=-1.0)
+    # per-channel scales; channels not named keep the paper's strength; JSON round trip
+    m = AutoencoderConfig(l1_scale={"resonance": 0.5})
+    assert m.l1_for("resonance") == pytest.approx(0.5e-4 * PAPER_BATCH)
+    assert m.l1_for("piezoresponse") == pytest.approx(1e-5 * PAPER_BATCH)
+    back = AutoencoderConfig.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert back == m and hash(back) == hash(m)
+    fast = AutoencoderConfig.preset("fast")
+    assert fast.l1_scale_for("resonance") < 1 < fast.l1_scale_for("piezoresponse")
+    for bad in ({"piezo": 1.0}, {"resonance": -1.0}, {"resonance": float("nan")}, "strong"):
+        with pytest.raises(ConfigError, match="l1_scale"):
+            AutoencoderConfig(l1_scale=bad)
 
 
 def test_l1_penalty_closed_form():

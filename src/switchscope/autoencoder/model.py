@@ -72,19 +72,52 @@ class Encoder(nn.Module):
         return torch.relu(self.dense(self.norm(h)))
 
 
+def phase_features(n_steps: int, n_harmonics: int, *, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Where each step lies in the waveform: ``(n_steps, 2 * n_harmonics)`` Fourier features.
+
+    Column pairs ``sin(2 pi k t), cos(2 pi k t)`` for ``k = 1..n_harmonics`` at the phase
+    ``t = step / n_steps`` of a periodic (bipolar triangular) waveform. They depend on the relative
+    position only, so any sequence length works.
+
+    Examples
+    --------
+    >>> phase_features(4, 1)
+    tensor([[ 0.0000,  1.0000],
+            [ 1.0000, -0.0000],
+            [-0.0000, -1.0000],
+            [-1.0000,  0.0000]])
+    """
+    t = torch.arange(n_steps, device=device, dtype=torch.float64) / n_steps
+    k = torch.arange(1, n_harmonics + 1, device=device, dtype=torch.float64)
+    arg = 2 * torch.pi * t[:, None] * k[None, :]
+    out = torch.stack([torch.sin(arg), torch.cos(arg)], dim=2).reshape(n_steps, 2 * n_harmonics)
+    return out.to(dtype or torch.get_default_dtype())
+
+
 class Decoder(nn.Module):
-    """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)``."""
+    """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)``.
+
+    With ``n_phase > 0`` each step's input is the repeated embedding joined with
+    :func:`phase_features` of that step (``2 * n_phase`` values), so the recurrent layers need not
+    build the position in the waveform out of their own dynamics (an option; the paper's decoder
+    has ``n_phase = 0``).
+    """
 
     def __init__(self, hidden: int, depth: int, n_neurons: int, dropout: float,
-                 bn_momentum: float = BN_MOMENTUM) -> None:
+                 bn_momentum: float = BN_MOMENTUM, n_phase: int = 0) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(n_neurons, eps=BN_EPS, momentum=bn_momentum)
-        self.rnn = _BiLSTMStack(n_neurons, hidden, depth, dropout)
+        self.rnn = _BiLSTMStack(n_neurons + 2 * n_phase, hidden, depth, dropout)
         self.out = nn.Linear(2 * hidden, 1)
+        self.n_phase = n_phase
 
     def forward(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
         z = self.norm(z)
         seq = z.unsqueeze(1).expand(-1, n_steps, -1)
+        if self.n_phase:
+            pos = phase_features(n_steps, self.n_phase, device=z.device, dtype=z.dtype)
+            seq = torch.cat([seq, pos.unsqueeze(0).expand(z.shape[0], -1, -1)], dim=2)
         return self.out(self.rnn(seq)).squeeze(-1)
 
 
@@ -103,6 +136,9 @@ class SparseLSTMAutoencoder(nn.Module):
         Dropout rate after every recurrent layer (paper: 0.2).
     bn_momentum : float
         Torch momentum of the batch norms' moving statistics (paper: Keras 0.99 = torch 0.01).
+    n_phase : int
+        Harmonics of the waveform phase given to the decoder with the embedding (paper: 0; see
+        :class:`Decoder`).
 
     Examples
     --------
@@ -112,10 +148,10 @@ class SparseLSTMAutoencoder(nn.Module):
     """
 
     def __init__(self, hidden: int = 64, depth: int = 4, n_neurons: int = 16, dropout: float = 0.2,
-                 bn_momentum: float = BN_MOMENTUM) -> None:
+                 bn_momentum: float = BN_MOMENTUM, n_phase: int = 0) -> None:
         super().__init__()
         self.encoder = Encoder(hidden, depth, n_neurons, dropout, bn_momentum)
-        self.decoder = Decoder(hidden, depth, n_neurons, dropout, bn_momentum)
+        self.decoder = Decoder(hidden, depth, n_neurons, dropout, bn_momentum, n_phase)
         # Optional mean loop (steps,) subtracted before the encoder and added after the decoder;
         # empty = none (the paper's network). A buffer, so checkpoints carry it.
         self.register_buffer("offset", torch.zeros(0))

@@ -74,10 +74,12 @@ class AutoencoderConfig(StageConfig):
         Activity penalty on the embedding. None: the paper's value for the channel
         (1e-5 piezoresponse, 1e-4 resonance, 1e-4 otherwise), times 1800 (the paper's batch) when
         ``l1_reduction="mean"`` so that the per-loop strength equals the paper's, times ``l1_scale``.
-    l1_scale : float
-        Multiplier on the paper's per-channel penalty when ``l1`` is None (1: the paper's strength).
-        Preset ``fast`` uses 0.3 (held-out MSE 0.0032 instead of 0.0037 on piezoresponse in the
-        10-minute benchmark, 7 active neurons; see ``docs/autoencoder.md``).
+    l1_scale : float or mapping of channel to float
+        Multiplier on the paper's per-channel penalty when ``l1`` is None (1: the paper's
+        strength); a mapping (TOML: ``l1_scale = {resonance = 0.6, piezoresponse = 2.0}``) gives
+        each channel its own, 1 for channels it does not name. Preset ``fast`` uses
+        ``{resonance = 0.6, piezoresponse = 2.0}``: sparse embeddings at the 10-minute budget
+        (see ``docs/autoencoder.md``).
     l1_reduction : {"mean", "sum"}
         ``"sum"``: ``l1 * sum |z|`` over the batch, as Keras 2.1.5 did (strength grows with the batch
         size); ``"mean"``: ``l1 * mean over loops of sum over neurons |z|`` (batch-size agnostic).
@@ -91,6 +93,12 @@ class AutoencoderConfig(StageConfig):
         the decoder; saved with the weights). The network then only learns how loops differ,
         which it does much sooner; the fitted network takes loops of the fitted length only.
         The paper's network (False) takes any length.
+    n_phase : int
+        Harmonics of the waveform's phase (``sin, cos(2 pi k step/n_steps)``, ``k = 1..n_phase``)
+        joined to the repeated embedding at every decoder step (0: the paper's decoder, which must
+        build the position in the waveform out of its own recurrence from a constant input).
+        With the phase given, the decoder learns the loops' shapes many times sooner (see
+        ``docs/autoencoder.md``). The embedding, and so its sparsity and the maps, is untouched.
     bn_momentum : float
         Torch momentum of the batch norms' moving statistics, which inference uses. The paper's
         Keras 0.99 (torch 0.01) averages over ~100 batches: fine over 20,000 epochs, but in a short
@@ -128,14 +136,15 @@ class AutoencoderConfig(StageConfig):
     """
 
     hidden: int = 32
-    depth: int = 2
+    depth: int = 1
     n_neurons: int = 16
     dropout: float = 0.0
     l1: float | None = None
-    l1_scale: float = 1.0
+    l1_scale: float | dict[str, float] | tuple[tuple[str, float], ...] = 1.0
     l1_reduction: L1Reduction = "mean"
     l1_warmup: float = 0.2
     center: bool = True
+    n_phase: int = 4
     bn_momentum: float = 0.1
     lr: float = 3e-3
     batch_size: int = 64
@@ -153,10 +162,11 @@ class AutoencoderConfig(StageConfig):
     channels: tuple[str, ...] = ("piezoresponse", "resonance")
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": dict(hidden=64, depth=4, n_neurons=16, dropout=0.2, l1=None, l1_reduction="sum",
+        "paper": dict(hidden=64, depth=4, n_neurons=16, dropout=0.2, n_phase=0, l1=None, l1_reduction="sum",
                       l1_warmup=0.0, center=False, bn_momentum=0.01, lr=3e-5, batch_size=1800, epochs=22570, max_seconds=None, patience=0,
                       schedule="constant", clip=0.0, threads=0, refine_epochs=13412, refine_lr=3e-5),
-        "fast": dict(max_seconds=540.0, epochs=1000, refine_epochs=20, l1_scale=0.3),
+        "fast": dict(max_seconds=540.0, epochs=1000, refine_epochs=20,
+                     l1_scale={"resonance": 0.6, "piezoresponse": 2.0}),
         "demo": {},
     }
 
@@ -165,9 +175,10 @@ class AutoencoderConfig(StageConfig):
             self.check_number(name, lo=1, integer=True)
         self.check_number("dropout", lo=0, hi=0.95)
         self.check_number("l1", lo=0, optional=True)
-        self.check_number("l1_scale", lo=0)
+        self._check_l1_scale()
         self.check_choice("l1_reduction", ("mean", "sum"))
         self.check_number("l1_warmup", lo=0, hi=1)
+        self.check_number("n_phase", lo=0, hi=48, integer=True)
         self.check_number("bn_momentum", lo=0, lo_open=True, hi=1)
         if not isinstance(self.center, bool):
             self._fail("center", "true or false", self.center)
@@ -193,11 +204,34 @@ class AutoencoderConfig(StageConfig):
         # TOML gives lists; keep the frozen config hashable.
         object.__setattr__(self, "channels", tuple(channels))
 
+    def _check_l1_scale(self) -> None:
+        value = self.l1_scale
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.check_number("l1_scale", lo=0)
+            return
+        allowed = "a number >= 0 or a mapping of channel name to a number >= 0"
+        try:
+            pairs = sorted(dict(value).items())
+        except (TypeError, ValueError):
+            self._fail("l1_scale", allowed, value)
+        for ch, x in pairs:
+            if (ch not in CHANNELS or isinstance(x, bool) or not isinstance(x, (int, float))
+                    or not math.isfinite(x) or x < 0):
+                self._fail("l1_scale", allowed + " (channels: " + ", ".join(CHANNELS) + ")", value)
+        # kept as sorted (channel, scale) pairs: the frozen config stays hashable
+        object.__setattr__(self, "l1_scale", tuple((ch, float(x)) for ch, x in pairs))
+
+    def l1_scale_for(self, channel: str | None) -> float:
+        """The multiplier of the paper's penalty for ``channel`` (see :attr:`l1_scale`)."""
+        if isinstance(self.l1_scale, tuple):
+            return dict(self.l1_scale).get(channel or "", 1.0)
+        return float(self.l1_scale)
+
     def l1_for(self, channel: str | None) -> float:
         """The activity penalty used for ``channel`` (see :attr:`l1`)."""
         if self.l1 is not None:
             return float(self.l1)
-        base = PAPER_L1.get(channel or "", DEFAULT_L1) * self.l1_scale
+        base = PAPER_L1.get(channel or "", DEFAULT_L1) * self.l1_scale_for(channel)
         return base * PAPER_BATCH if self.l1_reduction == "mean" else base
 
 
@@ -444,7 +478,8 @@ class Autoencoder:
     def _new_model(self, cfg: AutoencoderConfig) -> SparseLSTMAutoencoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed())
-            return SparseLSTMAutoencoder(cfg.hidden, cfg.depth, cfg.n_neurons, cfg.dropout, cfg.bn_momentum)
+            return SparseLSTMAutoencoder(cfg.hidden, cfg.depth, cfg.n_neurons, cfg.dropout, cfg.bn_momentum,
+                                         cfg.n_phase)
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         return {"config": self.config, "channel": self.channel}
@@ -533,10 +568,11 @@ class Autoencoder:
                                   "or give an empty folder")
             if last.exists():
                 saved = _read_json(ckdir / "config.json")
-                for key in ("hidden", "depth", "n_neurons"):
-                    if saved.get("config", {}).get(key) != getattr(cfg, key):
+                for key in ("hidden", "depth", "n_neurons", "n_phase"):
+                    was = saved.get("config", {}).get(key, 0 if key == "n_phase" else None)
+                    if was != getattr(cfg, key):
                         raise DataError(
-                            f"the checkpoint in {str(ckdir)!r} has {key}={saved.get('config', {}).get(key)!r} but the "
+                            f"the checkpoint in {str(ckdir)!r} has {key}={was!r} but the "
                             f"config has {getattr(cfg, key)!r}; resume with the config it was trained with")
                 if saved.get("n_steps") != n_steps or saved.get("n_pixels") != n:
                     raise DataError(f"the checkpoint in {str(ckdir)!r} was trained on data of shape "
@@ -858,6 +894,8 @@ class Autoencoder:
         raw = dict(meta.get("config", {}))
         if isinstance(raw.get("channels"), list):
             raw["channels"] = tuple(raw["channels"])
+        # folders saved before the phase input existed hold decoders without it
+        raw.setdefault("n_phase", 0)
         cfg = AutoencoderConfig.from_dict(raw)
         self = cls(cfg, channel=meta.get("channel"))
         weights = d / "model.safetensors"
