@@ -3,7 +3,7 @@
 Fits the 3600 real loops (../shared/data/mixed_pzt_piezoresponse_loops.mat, cleaned with
 :func:`switchscope.preprocess.clean`) with :func:`switchscope.loops.fit_loops` and with one
 ``scipy.optimize.least_squares`` call per pixel and start (same model, same starts, same bounds,
-analytic Jacobian, response scaled to O(1) as in the batched fit), then times the batched fit on
+analytic numpy Jacobian, response scaled to O(1) as in the batched fit), then times the batched fit on
 synthetic loops of growing size. Results go to ``benchmarks/results/loops.json``.
 
     python benchmarks/bench_loops.py                       # all pixels with scipy (~20 min)
@@ -65,25 +65,65 @@ def timed_batched(X, v, model, repeats=3, **kw):
     return best, best_cpu, res
 
 
-def np_paper13(q, v, desc):
-    """The 13-parameter loop in plain numpy (cheaper than torch for one 96-step curve)."""
+def np_paper13(q, v, desc, jac=False):
+    """The 13-parameter loop (and its Jacobian) in plain numpy, for one 96-step curve."""
     from scipy.special import erf
 
     a1, a2, a3, b1, b2, b3, b4, b5, b6, b7, b8, au, al = q
-    s1 = (b1 + b2) / 2 + (b2 - b1) / 2 * erf((v - b7) / b5)
-    s2 = (b4 + b3) / 2 + (b3 - b4) / 2 * erf((v - b8) / b6)
+    w1, w2 = (v - b7) / b5, (v - b8) / b6
+    e1, e2 = erf(w1), erf(w2)
+    s1 = (b1 + b2) / 2 + (b2 - b1) / 2 * e1
+    s2 = (b4 + b3) / 2 + (b3 - b4) / 2 * e2
     s = np.where(desc, s1, s2)
-    return (a1 + a2) / 2 + (a2 - a1) / 2 * erf((v - np.where(desc, au, al)) / s) + a3 * v
+    z = (v - np.where(desc, au, al)) / s
+    ez = erf(z)
+    if not jac:
+        return (a1 + a2) / 2 + (a2 - a1) / 2 * ez + a3 * v
+    c = 2 / np.sqrt(np.pi)
+    J = np.zeros((v.size, 13))
+    J[:, 0], J[:, 1], J[:, 2] = (1 - ez) / 2, (1 + ez) / 2, v
+    dvc = -(a2 - a1) / 2 * c * np.exp(-z * z) / s         # d f / d(switching voltage)
+    dfds = dvc * z                                          # d f / d S
+    d, a = desc, ~desc
+    J[d, 11], J[a, 12] = dvc[d], dvc[a]
+    J[d, 3], J[d, 4] = dfds[d] * (1 - e1[d]) / 2, dfds[d] * (1 + e1[d]) / 2
+    J[a, 6], J[a, 5] = dfds[a] * (1 - e2[a]) / 2, dfds[a] * (1 + e2[a]) / 2
+    g1 = -dfds[d] * (b2 - b1) / 2 * c * np.exp(-w1[d] ** 2) / b5    # d f / d b7
+    g2 = -dfds[a] * (b3 - b4) / 2 * c * np.exp(-w2[a] ** 2) / b6    # d f / d b8
+    J[d, 9], J[d, 7] = g1, g1 * w1[d]
+    J[a, 10], J[a, 8] = g2, g2 * w2[a]
+    return J
 
 
-def np_bglib9(q, v, desc):
+def np_bglib9(q, v, desc, jac=False):
+    """BGlib's 9-parameter loop (and its Jacobian) in plain numpy, for one curve."""
     from scipy.special import erf
 
     a0, a1, a2, a3, a4, b0, b1, b2, b3 = q
     vc = np.where(desc, a2, a3)
     lo, hi = np.where(desc, b0, b2), np.where(desc, b1, b3)
-    g = (hi - lo) / 2 * (erf((v - vc) * 1000.0) + 1) + lo
-    return a0 + a1 * (g * erf((v - vc) / g) + lo) / (lo + hi) + a4 * v
+    x = v - vc
+    ed = erf(1000.0 * x)
+    g = (hi - lo) / 2 * (ed + 1) + lo
+    z = x / g
+    ez = erf(z)
+    ssum = lo + hi
+    y = (g * ez + lo) / ssum
+    if not jac:
+        return a0 + a1 * y + a4 * v
+    c = 2 / np.sqrt(np.pi)
+    gz = c * np.exp(-z * z)
+    dy_dg = (ez - gz * z) / ssum
+    dy_dvc = dy_dg * (-(hi - lo) / 2 * c * np.exp(-(1000.0 * x) ** 2) * 1000.0) - gz / ssum
+    dy_dlo = dy_dg * (1 - (ed + 1) / 2) + (1 - y) / ssum
+    dy_dhi = dy_dg * (ed + 1) / 2 - y / ssum
+    J = np.zeros((v.size, 9))
+    J[:, 0], J[:, 1], J[:, 4] = 1.0, y, v
+    d, a = desc, ~desc
+    J[d, 2], J[a, 3] = a1 * dy_dvc[d], a1 * dy_dvc[a]
+    J[d, 5], J[d, 6] = a1 * dy_dlo[d], a1 * dy_dhi[d]
+    J[a, 7], J[a, 8] = a1 * dy_dlo[a], a1 * dy_dhi[a]
+    return J
 
 
 NUMPY_MODELS = {"paper13": np_paper13, "bglib9": np_bglib9}
@@ -92,8 +132,8 @@ NUMPY_MODELS = {"paper13": np_paper13, "bglib9": np_bglib9}
 def scipy_per_pixel(X, v, model, starts, pixels):
     """One least_squares (trf, bounds, analytic Jacobian) per pixel and start; the best kept.
 
-    The residual is plain numpy; the Jacobian is the analytic one of switchscope (one call per
-    iteration).
+    Model and Jacobian are plain numpy (written here, checked against the library's Jacobian
+    by ``check_numpy_jacobians``), as a careful per-pixel user would write them.
     """
     mdl = MODELS[model]
     desc = sweep_masks(v)
@@ -111,11 +151,22 @@ def scipy_per_pixel(X, v, model, starts, pixels):
             q0[kinds == "offset"] = (q0[kinds == "offset"] - c) / s
             q0[kinds == "scale"] = q0[kinds == "scale"] / s
             sol = least_squares(lambda q: f(q, v, desc) - y, q0,
-                                jac=lambda q: mdl.jacobian(q, v, desc), bounds=(lo, hi),
+                                jac=lambda q: f(q, v, desc, jac=True), bounds=(lo, hi),
                                 method="trf")
             best = min(best, 2 * sol.cost)
         r2[k] = 1 - best / np.sum((y - y.mean()) ** 2)
     return time.perf_counter() - t, r2
+
+
+def check_numpy_jacobians(v, starts_by_model):
+    """The benchmark's numpy model and Jacobian equal the library's at the fit's starts."""
+    desc = sweep_masks(v)
+    for model, starts in starts_by_model.items():
+        mdl, f = MODELS[model], NUMPY_MODELS[model]
+        for q in starts[:50]:
+            np.testing.assert_allclose(f(q, v, desc), mdl(q, v, desc), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(f(q, v, desc, jac=True), mdl.jacobian(q, v, desc),
+                                       rtol=1e-7, atol=1e-9)
 
 
 def synthetic_loops(model, n, v, seed=0):
@@ -160,11 +211,12 @@ def main(argv=None) -> int:
         else np.arange(X.shape[0])
     results = {"machine": platform.platform(), "torch": torch.__version__,
                "torch_threads": args.threads, "n_loops": int(X.shape[0]), "models": {},
-               "notes": ("batched_seconds/batched_cpu_seconds: best of the warm repeats (time.perf_counter / time.process_time, torch threads as given) on a machine shared with other jobs (see load_average_1min); scipy: one least_squares (trf, bounds) per pixel and start with the analytic Jacobian of switchscope evaluated through torch (~0.1 ms per call), extrapolated to all pixels when scipy_pixels < n_loops; R2 compared on the same pixels; peak RSS includes the ~300 MB of the imported libraries")}
+               "notes": ("batched_seconds/batched_cpu_seconds: best of the warm repeats (time.perf_counter / time.process_time, torch threads as given) on a machine shared with other jobs (see load_average_1min); scipy: one least_squares (trf, bounds) per pixel and start with an analytic numpy Jacobian written in the benchmark (checked against the library's), extrapolated to all pixels when scipy_pixels < n_loops; R2 compared on the same pixels; peak RSS includes the ~300 MB of the imported libraries")}
     for model in args.models:
         rss0 = peak_rss_mb()
         t_b, c_b, res = timed_batched(X, v, model, repeats=args.repeats)
         rss_b = peak_rss_mb()
+        check_numpy_jacobians(v, {model: res.starts[pixels].reshape(-1, res.starts.shape[-1])})
         t_s, r2_s = scipy_per_pixel(X, v, model, res.starts, pixels)
         t_s_all = t_s * X.shape[0] / pixels.size
         r2_b = res.r2[pixels]
