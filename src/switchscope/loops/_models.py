@@ -131,6 +131,8 @@ class LoopModel:
     block_order : tuple of int
         The parameters shared by both branches, then the descending branch's own, then the
         ascending branch's own.
+    race_iter : int
+        Default iterations of the race of the starts (:func:`~switchscope.loops.fit_loops`).
     """
 
     name: str
@@ -144,6 +146,7 @@ class LoopModel:
     block_order: tuple[int, ...]
     slope_index: int
     reference: str
+    race_iter: int = 6
 
     @property
     def n_params(self) -> int:
@@ -536,6 +539,9 @@ MODELS: dict[str, LoopModel] = {
         block_order=_BGLIB9_BLOCKS,
         slope_index=4,
         reference="pycroscopy/BGlib, BGlib/be/analysis/utils/be_loop.py, loop_fit_function",
+        # converges in ~10 iterations; on the 3600 real loops a 2-iteration race picks a start
+        # within 1e-3 in R2 of the 6-iteration race's on every pixel, at 17 % less time
+        race_iter=2,
     ),
 }
 

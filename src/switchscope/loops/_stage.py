@@ -33,8 +33,9 @@ class LoopsConfig(StageConfig):
         Clusters of the k-means priors (0: data-driven starts only).
     max_iter : int
         Most Levenberg-Marquardt iterations per pixel.
-    race_iter : int
-        Iterations every start runs before only the best start of each pixel goes on.
+    race_iter : int or None
+        Iterations every start runs before only the best start of each pixel goes on (None:
+        the model's default, 6 for paper13, 2 for bglib9).
     ftol, xtol : float
         Convergence tolerances (relative cost decrease, relative step).
     chunk_size : int
@@ -51,7 +52,7 @@ class LoopsConfig(StageConfig):
     channel: str | None = None
     n_clusters: int = 8
     max_iter: int = 100
-    race_iter: int = 6
+    race_iter: int | None = None
     ftol: float = 1e-5
     xtol: float = 1e-7
     chunk_size: int = 4096
@@ -67,7 +68,7 @@ class LoopsConfig(StageConfig):
             self._fail("channel", "a variable name or None", self.channel)
         self.check_number("n_clusters", lo=0, integer=True)
         self.check_number("max_iter", lo=1, integer=True)
-        self.check_number("race_iter", lo=1, integer=True)
+        self.check_number("race_iter", lo=1, integer=True, optional=True)
         self.check_number("ftol", lo=0, hi=0.1, lo_open=True)
         self.check_number("xtol", lo=0, hi=0.1, lo_open=True)
         self.check_number("chunk_size", lo=1, integer=True)
@@ -94,7 +95,8 @@ def run_fit(ds: xr.Dataset, config: LoopsConfig, *, device: str | None = None,
         raise DataError(f"the loops stage fits {channel!r}, which is not in the data "
                         f"(has: {', '.join(map(str, ds.data_vars))}); set [loops] channel")
     return fit_loops(ds, model=config.model, channel=channel, n_clusters=int(config.n_clusters),
-                     max_iter=int(config.max_iter), race_iter=int(config.race_iter),
+                     max_iter=int(config.max_iter),
+                     race_iter=None if config.race_iter is None else int(config.race_iter),
                      ftol=float(config.ftol), xtol=float(config.xtol),
                      chunk_size=int(config.chunk_size),
                      nucleation_fraction=float(config.nucleation_fraction),
