@@ -177,6 +177,7 @@ def test_presets_carry_the_paper_values():
     p = AutoencoderConfig.preset("paper")
     assert (p.hidden, p.depth, p.n_neurons, p.dropout) == (64, 4, 16, 0.2)
     assert (p.lr, p.batch_size, p.l1_reduction) == (3e-5, 1800, "sum")
+    assert p.n_phase == 0 and not p.center   # the published decoder reads the embedding alone
     assert p.l1_for("piezoresponse") == 1e-5 and p.l1_for("resonance") == 1e-4
     # Batch-agnostic reduction: the same per-loop strength as the paper's batch sum.
     f = AutoencoderConfig(l1_scale=1.0)
@@ -280,6 +281,19 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert back.n_steps_ == X.shape[1] and back.config == ae.config
     assert [h["epoch"] for h in back.history_] == [h["epoch"] for h in ae.history_]
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "metrics.csv"}
+
+
+def test_folder_saved_before_the_phase_input_loads_as_the_paper_decoder(tmp_path):
+    # a folder written before n_phase existed has no such key: its decoder has no phase input
+    X = toy(n=60, steps=24)
+    ae = Autoencoder(tiny(epochs=1, n_phase=0)).fit(X)
+    d = ae.save(tmp_path / "old")
+    meta = json.loads((d / "config.json").read_text())
+    del meta["config"]["n_phase"]
+    (d / "config.json").write_text(json.dumps(meta))
+    back = Autoencoder.load(d)
+    assert back.config.n_phase == 0
+    np.testing.assert_array_equal(back.reconstruct(X), ae.reconstruct(X))
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(fitted, tmp_path):

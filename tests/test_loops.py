@@ -204,7 +204,7 @@ def test_fit_recovers_known_loops(name, v):
 
 def test_stderr_matches_independent_covariance():
     rng = np.random.default_rng(5)
-    # width transitions at the switching voltages: every parameter is identifiable
+    # width transitions at the switching voltages (the fit may still move one out of range)
     p = np.array([-1.0, 1.0, 0.005, 1.0, 2.5, 2.5, 1.0, 3.0, 3.0, -5.0, 5.0, -5.0, 5.0])
     y = paper13(p, V_PAPER) + 0.02 * rng.normal(size=(5, 96))
     res = fit_loops(y, V_PAPER, n_clusters=0)
@@ -260,6 +260,55 @@ def test_optimum_beyond_a_bound_meets_the_bound_optimality_conditions():
             else:
                 grad = (sse(q + dq) - sse(q - dq)) / (2 * h)
                 assert abs(grad) * max(1.0, abs(q[j])) < 1e-3 * base, (k, j, grad)
+
+
+def test_race_prunes_only_clear_losers_and_keeps_the_best(monkeypatch):
+    import switchscope.loops._fit as fit_mod
+
+    rng = np.random.default_rng(3)
+    p = random_params(paper13, V_PAPER, rng, 6)
+    y = paper13(p, V_PAPER) + 0.01 * rng.normal(size=(6, 96))
+    desc = sweep_masks(V_PAPER)
+    order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
+    lo, hi = paper13.bounds(V_PAPER)
+    # per pixel: a start near the truth, the data-driven guess, and a hopeless one (switching
+    # voltages swapped, widths at their largest)
+    bad = p.copy()
+    bad[:, [11, 12]] = p[:, [12, 11]]
+    bad[:, 3:7] = 0.9 * hi[3:7]
+    starts = np.stack([p * (1 + 0.02 * rng.normal(size=p.shape)),
+                       paper13.guess(V_PAPER, desc, y), bad], axis=1)
+    starts = fit_mod._inside(starts, lo, hi)
+    tt = dict(dtype=torch.float64)
+    args = (paper13, torch.as_tensor(starts.reshape(-1, 13), **tt), torch.as_tensor(y[:, order], **tt),
+            None, torch.arange(6).repeat_interleave(3), torch.as_tensor(V_PAPER[desc], **tt),
+            torch.as_tensor(V_PAPER[~desc], **tt), torch.as_tensor(lo, **tt), torch.as_tensor(hi, **tt),
+            {"max_iter": 100, "ftol": 1e-5, "xtol": 1e-7}, 6)
+    cost, st, it = (t.reshape(6, 3) for t in fit_mod._race(*args)[1:])
+    assert torch.all(torch.isfinite(cost)) and torch.all(st != 5)
+    # most hopeless starts stop after the first 2 iterations
+    assert int(((it[:, 2] == 2) & (st[:, 2] == 2)).sum()) >= 4
+    # a start is cut only when it is clearly behind its pixel's best
+    pruned = (it == 2) & (st == 2)
+    assert torch.all(cost[pruned] > cost.min(1, keepdim=True).values.expand(-1, 3)[pruned])
+    # without pruning, every pixel picks the same start
+    monkeypatch.setattr(fit_mod, "_PRUNE_RATIO", float("inf"))
+    cost_all, _, it_all = (t.reshape(6, 3) for t in fit_mod._race(*args)[1:])
+    assert torch.all(it_all.max(1).values > 2)
+    assert torch.equal(cost.argmin(1), cost_all.argmin(1))
+
+
+def test_models_have_their_own_race_length(monkeypatch):
+    import switchscope.loops._fit as fit_mod
+
+    seen = []
+    real = fit_mod._race
+    monkeypatch.setattr(fit_mod, "_race", lambda *a: seen.append(a[-1]) or real(*a))
+    _, y = true_loops(bglib9, 4, np.random.default_rng(0), noise=0.01)
+    fit_loops(y, V_PAPER, model="bglib9", n_clusters=0)
+    fit_loops(true_loops(paper13, 4, np.random.default_rng(0), noise=0.01)[1], V_PAPER, n_clusters=0)
+    fit_loops(y, V_PAPER, model="bglib9", n_clusters=0, race_iter=4)
+    assert seen == [2, 6, 4]
 
 
 def test_metrics_closed_form_for_constant_widths():

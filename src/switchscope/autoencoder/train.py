@@ -100,7 +100,9 @@ class AutoencoderConfig(StageConfig):
         joined to the repeated embedding at every decoder step (0: the paper's decoder, which must
         build the position in the waveform out of its own recurrence from a constant input).
         With the phase given, the decoder learns the loops' shapes many times sooner (see
-        ``docs/autoencoder.md``). The embedding, and so its sparsity and the maps, is untouched.
+        ``docs/autoencoder.md``). The encoder and the embedding layer are unchanged, but what the
+        network learns to put in the embedding, and how sparse it is at a given L1, can differ
+        (preset ``fast`` needed a stronger piezoresponse penalty with the phase input).
     bn_momentum : float
         Torch momentum of the batch norms' moving statistics, which inference uses. The paper's
         Keras 0.99 (torch 0.01) averages over ~100 batches: fine over 20,000 epochs, but in a short

@@ -23,8 +23,8 @@ _GUESS_WIDTHS = (0.06, 0.2)
 #: Iterations of the k-means centre fits: they only seed starts, and a handful of small
 #: problems iterating to 100 costs ~1 ms of fixed overhead per iteration.
 _PRIOR_MAX_ITER = 30
-#: Problems per call in the race of the starts (measured: ~3000-problem batches run ~1.7x
-#: faster per problem than 10000-problem ones on a 32 MB L3 cache).
+#: Problems per LM call in the race of the starts and in the iterations after it (measured:
+#: ~3000-problem batches run ~1.7x faster per problem than 10000-problem ones on a 32 MB L3 cache).
 _RACE_BATCH = 3072
 #: Successive halving of the race: after this many iterations, starts whose cost exceeds
 #: this ratio times their pixel's best stop. Measured on the 3600 real loops: the race's
