@@ -27,8 +27,9 @@ _PRIOR_MAX_ITER = 30
 #: ~3000-problem batches run ~1.7x faster per problem than 10000-problem ones on a 32 MB L3 cache).
 _RACE_BATCH = 3072
 #: Successive halving of the race: after this many iterations, starts whose cost exceeds
-#: this ratio times their pixel's best stop. Measured on the 3600 real loops: the race's
-#: choice then changes on no pixel by more than 1e-3 in R2, at about half the race's work.
+#: this ratio times their pixel's best stop. Measured on the 3600 real paper13 fits: ~26 % of
+#: the starts stop early, the race does ~17 % less work, and 7 pixels end more than 1e-3 lower
+#: in R2 than with the full race (none by 5e-3; the median is unchanged to 5e-6).
 _PRUNE_ITER = 2
 _PRUNE_RATIO = 1.5
 

@@ -540,7 +540,7 @@ MODELS: dict[str, LoopModel] = {
         slope_index=4,
         reference="pycroscopy/BGlib, BGlib/be/analysis/utils/be_loop.py, loop_fit_function",
         # converges in ~10 iterations; on the 3600 real loops a 2-iteration race picks a start
-        # within 1e-3 in R2 of the 6-iteration race's on every pixel, at 17 % less time
+        # within 1e-3 in R2 of the 6-iteration race's on every pixel, at ~17 % less time
         race_iter=2,
     ),
 }
