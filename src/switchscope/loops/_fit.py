@@ -262,8 +262,8 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
 def _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, n_iter):
     """:func:`levenberg_marquardt` over sub-batches of :data:`_RACE_BATCH` problems.
 
-    Sub-batches keep the Jacobian blocks in cache (a few thousand problems); the race has only
-    a few iterations, so the extra calls cost little.
+    Sub-batches keep the Jacobian blocks in cache (a few thousand problems); used for the race
+    of the starts and for the iterations of the winners after it.
     """
     parts = [levenberg_marquardt(mdl, p0[u:u + _RACE_BATCH], yt, wl, pix[u:u + _RACE_BATCH],
                                  vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": n_iter})
