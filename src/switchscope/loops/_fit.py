@@ -22,7 +22,7 @@ from ._models import LoopModel, ModelName, get_model, sweep_masks
 _GUESS_WIDTHS = (0.06, 0.2)
 #: Iterations of the k-means centre fits: they only seed starts, and a handful of small
 #: problems iterating to 100 costs ~1 ms of fixed overhead per iteration.
-_PRIOR_MAX_ITER = 30
+_PRIOR_MAX_ITER = 15
 #: Problems per LM call in the race of the starts and in the iterations after it (measured:
 #: ~3000-problem batches run ~1.7x faster per problem than 10000-problem ones on a 32 MB L3 cache).
 _RACE_BATCH = 3072
@@ -259,18 +259,27 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
     return _inside(cp[labels], lower, upper)
 
 
-def _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, n_iter):
+def _take_state(state: dict | None, rows) -> dict | None:
+    return None if state is None else {k: t[rows] for k, t in state.items()}
+
+
+def _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, n_iter, state=None):
     """:func:`levenberg_marquardt` over sub-batches of :data:`_RACE_BATCH` problems.
 
     Sub-batches keep the Jacobian blocks in cache (a few thousand problems); used for the race
-    of the starts and for the iterations of the winners after it.
+    of the starts and for the iterations of the winners after it. ``state`` (from an earlier
+    call on the same rows) lets the problems go on with the damping and normal equations they
+    had reached; the state at the end is returned with the results.
     """
     parts = [levenberg_marquardt(mdl, p0[u:u + _RACE_BATCH], yt, wl, pix[u:u + _RACE_BATCH],
-                                 vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": n_iter})
+                                 vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": n_iter},
+                                 state=_take_state(state, slice(u, u + _RACE_BATCH)),
+                                 return_state=True)
              for u in range(0, p0.shape[0], _RACE_BATCH)]
-    p, cost, st, it = (torch.cat(z) for z in zip(*parts))
+    p, cost, st, it = (torch.cat(z) for z in zip(*(q[:4] for q in parts)))
+    new_state = {k: torch.cat([q[4][k] for q in parts]) for k in parts[0][4]}
     cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
-    return p, cost, st, it
+    return p, cost, st, it, new_state
 
 
 def _race(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, race: int):
@@ -278,20 +287,24 @@ def _race(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, race: int):
 
     After :data:`_PRUNE_ITER` iterations, a start whose cost is above :data:`_PRUNE_RATIO` times
     its pixel's best stops; the others run on to ``race`` iterations. Returns ``p, cost, status,
-    n_iter`` per start (pruned starts keep their early values, so they lose the choice).
+    n_iter, state`` per start (pruned starts keep their early values, so they lose the choice;
+    ``state`` lets the winners go on where the race left them).
     """
     first = min(_PRUNE_ITER, race)
-    p, cost, st, it = _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, first)
+    p, cost, st, it, state = _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs,
+                                         first)
     if race <= first:
-        return p, cost, st, it
+        return p, cost, st, it, state
     best = torch.full((yt.shape[0],), float("inf"), dtype=cost.dtype, device=cost.device)
     best = best.scatter_reduce(0, pix, cost, reduce="amin")
     keep = torch.nonzero((st == STATUS_MAXITER) & (cost <= _PRUNE_RATIO * best[pix]))[:, 0]
     if keep.numel():
-        p2, c2, st2, it2 = _lm_batched(mdl, p[keep], yt, wl, pix[keep], vd, va, lo_t, hi_t,
-                                       lm_kwargs, race - first)
+        p2, c2, st2, it2, s2 = _lm_batched(mdl, p[keep], yt, wl, pix[keep], vd, va, lo_t, hi_t,
+                                           lm_kwargs, race - first, _take_state(state, keep))
         p[keep], cost[keep], st[keep], it[keep] = p2, c2, st2, it[keep] + it2
-    return p, cost, st, it
+        for k, t in s2.items():
+            state[k][keep] = t
+    return p, cost, st, it, state
 
 
 # no autograd bookkeeping for the thousands of small tensor ops of the fit (results are numpy);
@@ -421,16 +434,18 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
             rows = torch.arange(nb, device=dev)
             # Race: every start runs a few iterations, then only the best start per pixel goes on.
             p0 = torch.as_tensor(S[a:b].reshape(-1, P), **tt)
-            p, cost, st, it = _race(mdl, p0, yt, wl, rows.repeat_interleave(K), vd, va, lo_t, hi_t,
-                                    lm_kwargs, race)
+            p, cost, st, it, state = _race(mdl, p0, yt, wl, rows.repeat_interleave(K), vd, va,
+                                           lo_t, hi_t, lm_kwargs, race)
             k = cost.reshape(nb, K).argmin(1)
             p = p.reshape(nb, K, P)[rows, k]
             st = st.reshape(nb, K)[rows, k]
             it = it.reshape(nb, K)[rows, k]
             go_on = torch.nonzero(st == STATUS_MAXITER)[:, 0]
             if go_on.numel() and max_iter > race:
-                p2, _, st2, it2 = _lm_batched(mdl, p[go_on], yt, wl, go_on, vd, va, lo_t, hi_t,
-                                              lm_kwargs, max_iter - race)
+                # the winners go on from where the race left them (same damping, no re-evaluation)
+                p2, _, st2, it2, _ = _lm_batched(mdl, p[go_on], yt, wl, go_on, vd, va, lo_t, hi_t,
+                                                 lm_kwargs, max_iter - race,
+                                                 _take_state(state, (go_on * K + k[go_on])))
                 p[go_on], st[go_on], it[go_on] = p2, st2, it[go_on] + it2
             best_p[a:b] = p.cpu().numpy()
             best_st[a:b] = st.cpu().numpy()

@@ -43,7 +43,8 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
                         pixel: torch.Tensor, v_desc: torch.Tensor, v_asc: torch.Tensor,
                         lower: torch.Tensor, upper: torch.Tensor, *, max_iter: int = 200,
                         ftol: float = 1e-9, xtol: float = 1e-9, lam0: float = 1e-2,
-                        compact: float = 0.5):
+                        compact: float = 0.5, state: dict | None = None,
+                        return_state: bool = False):
     """Minimise ``sum(w * (f(p) - y[pixel])**2)`` for every row of ``p0`` at once.
 
     Parameters
@@ -67,6 +68,13 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
         Finished problems stay in the batch (frozen) until fewer than this fraction of it is
         still running; then the batch is compacted. Re-indexing every tensor at every iteration
         costs more than carrying a few finished rows.
+    state : dict, optional
+        The ``state`` returned by an earlier call for the same problems (rows matching ``p0``,
+        which must be that call's ``p``): the fit goes on from there, with the cost, normal
+        equations and damping it had reached, instead of evaluating them afresh at ``p0``.
+    return_state : bool
+        Also return that state (``cost``, ``A``, ``g``, ``lam``, ``nu`` per problem, in the
+        model's block order) so that a later call can go on.
 
     Returns
     -------
@@ -74,6 +82,8 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
     cost : tensor (n_problems,)
     status : tensor of int64 (n_problems,)
     n_iter : tensor of int64 (n_problems,)
+    state : dict
+        Only with ``return_state=True``.
     """
     n, P = p0.shape
     dtype, device = p0.dtype, p0.device
@@ -93,9 +103,15 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
     p = p0[:, order]
     ya = y.index_select(0, pixel)
     wa = None if w is None else w.index_select(0, pixel)
-    cost, A, g = normal(p, v_desc, v_asc, ya, wa)
-    lam = torch.full((n,), lam0, dtype=dtype, device=device)
-    nu = torch.full((n,), 2.0, dtype=dtype, device=device)
+    if state is None:
+        cost, A, g = normal(p, v_desc, v_asc, ya, wa)
+        lam = torch.full((n,), lam0, dtype=dtype, device=device)
+        nu = torch.full((n,), 2.0, dtype=dtype, device=device)
+    else:
+        cost, A, g, lam, nu = (state[k] for k in ("cost", "A", "g", "lam", "nu"))
+    if return_state:
+        A_out, g_out = A.clone(), g.clone()
+        lam_out, nu_out = lam.clone(), nu.clone()
     bad = ~torch.isfinite(cost)
     status_out[idx[bad]] = STATUS_NONFINITE
     alive = ~bad
@@ -121,8 +137,10 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
         # step computed as if it could move would spoil the other parameters' steps.
         held = ((p <= lower) & (g > 0)) | ((p >= upper) & (g < 0))
         free = ~held
-        A_eff = torch.where(free[:, :, None] & free[:, None, :], A, 0.0) + torch.diag_embed(held.to(dtype))
-        L, info = torch.linalg.cholesky_ex(A_eff + lam[:, None, None] * eye)
+        # A on the free block, the identity on the held rows and columns, then + lam I
+        M = torch.where(free[:, :, None] & free[:, None, :], A, eye)
+        M.diagonal(dim1=1, dim2=2).add_(lam[:, None])
+        L, info = torch.linalg.cholesky_ex(M)
         delta = -torch.cholesky_solve(torch.where(free, g, 0.0)[:, :, None], L)[:, :, 0]
         p_new = torch.maximum(torch.minimum(p + delta, upper), lower)
         step = p_new - p
@@ -159,5 +177,10 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
             st = torch.where(stop_x[k], STATUS_XTOL, st)
             st = torch.where(small_f[k], STATUS_FTOL, st)
             status_out[di] = st
+            if return_state:
+                A_out[di], g_out[di], lam_out[di], nu_out[di] = A[k], g[k], lam[k], nu[k]
             alive = alive & ~done
+    if return_state:
+        return p_out[:, inv], cost_out, status_out, iter_out, {
+            "cost": cost_out, "A": A_out, "g": g_out, "lam": lam_out, "nu": nu_out}
     return p_out[:, inv], cost_out, status_out, iter_out
