@@ -355,7 +355,7 @@ def test_models_have_their_own_race_length(monkeypatch):
     fit_loops(y, V_PAPER, model="bglib9", n_clusters=0)
     fit_loops(true_loops(paper13, 4, np.random.default_rng(0), noise=0.01)[1], V_PAPER, n_clusters=0)
     fit_loops(y, V_PAPER, model="bglib9", n_clusters=0, race_iter=4)
-    assert seen == [2, 6, 4]
+    assert seen == [2, 10, 4]
 
 
 def test_metrics_closed_form_for_constant_widths():

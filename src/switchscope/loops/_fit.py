@@ -335,7 +335,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         Most iterations per pixel.
     race_iter : int, optional
         Iterations every start runs before only the best start of each pixel goes on (starts
-        clearly behind after 2 iterations stop early). Default: the model's (paper13 6,
+        clearly behind after 2 iterations stop early). Default: the model's (paper13 10,
         bglib9 2).
     ftol, xtol : float
         Convergence tolerances on the relative cost decrease and the relative step. On the

@@ -35,7 +35,7 @@ class LoopsConfig(StageConfig):
         Most Levenberg-Marquardt iterations per pixel.
     race_iter : int or None
         Iterations every start runs before only the best start of each pixel goes on (None:
-        the model's default, 6 for paper13, 2 for bglib9).
+        the model's default, 10 for paper13, 2 for bglib9).
     ftol, xtol : float
         Convergence tolerances (relative cost decrease, relative step).
     chunk_size : int
