@@ -37,12 +37,14 @@ STATUS_MESSAGES = {
 }
 
 _LAM_MAX = 1e10
+#: Initial damping (the data are scaled to unit variance by the fitter).
+LAM0 = 1e-2
 
 
 def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
                         pixel: torch.Tensor, v_desc: torch.Tensor, v_asc: torch.Tensor,
                         lower: torch.Tensor, upper: torch.Tensor, *, max_iter: int = 200,
-                        ftol: float = 1e-9, xtol: float = 1e-9, lam0: float = 1e-2,
+                        ftol: float = 1e-9, xtol: float = 1e-9, lam0: float = LAM0,
                         compact: float = 0.5, state: dict | None = None,
                         return_state: bool = False):
     """Minimise ``sum(w * (f(p) - y[pixel])**2)`` for every row of ``p0`` at once.

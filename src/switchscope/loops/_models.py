@@ -24,11 +24,16 @@ from .._errors import ConfigError, DataError
 ModelName = Literal["paper13", "bglib9"]
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-#: ``exp(-u)`` is evaluated as ``exp(-min(u, _EXP_CUT))`` in the normal equations: exp(-700) is
-#: 1e-304, nothing next to the other terms, while arguments below about -708 (results that
-#: underflow to subnormals or zero, e.g. far from a sharp switch) take a slow path in the
-#: vectorized exp, measured 6-18x slower per element.
-_EXP_CUT = 700.0
+
+
+def _exp_cut(dtype: torch.dtype) -> float:
+    """``exp(-u)`` is evaluated as ``exp(-min(u, cut))`` in the normal equations.
+
+    Arguments whose result underflows to a subnormal or zero (e.g. far from a sharp switch)
+    take a slow path in the vectorized exp, measured 6-18x slower per element; exp(-cut) is
+    ~1e-304 in float64 and ~2e-35 in float32, nothing next to the other terms.
+    """
+    return 700.0 if dtype == torch.float64 else 80.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +359,7 @@ def _paper13_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torc
     h = 0.5 * (a2 - a1)
     c0 = 0.5 * (a1 + a2)
     n, md = p.shape[0], vd.shape[0]
+    cut = _exp_cut(p.dtype)
     js = []
     # S = (bl+bh)/2 + (bh-bl)/2 erf((V-bc)/bw): descending bl=b1, bh=b2; ascending bl=b4, bh=b3
     for v, bl, bh, bw, bc, vc, desc in ((vd, b1, b2, b5, b7, au, True),
@@ -372,11 +378,11 @@ def _paper13_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torc
         torch.mul(ez, 0.5, out=j_a2).add_(0.5)
         j_a3.copy_(v)
         # d f / d(switching voltage) = -h erf'(z) / S
-        torch.mul(z, z, out=j_vc).clamp_(max=_EXP_CUT).neg_().exp_().mul_((-_TWO_OVER_SQRT_PI) * h).div_(s)
+        torch.mul(z, z, out=j_vc).clamp_(max=cut).neg_().exp_().mul_((-_TWO_OVER_SQRT_PI) * h).div_(s)
         dfds = j_vc * z
         torch.mul(ew, -0.5, out=j_lo).add_(0.5).mul_(dfds)          # dS/dbl = (1 - erf)/2
         torch.sub(dfds, j_lo, out=j_hi)
-        torch.mul(wv, wv, out=j_bc).clamp_(max=_EXP_CUT).neg_().exp_().mul_(dfds).mul_(
+        torch.mul(wv, wv, out=j_bc).clamp_(max=cut).neg_().exp_().mul_(dfds).mul_(
             (-_TWO_OVER_SQRT_PI) * half / bw)
         torch.mul(j_bc, wv, out=j_bw)
         js.append(J)
@@ -491,6 +497,7 @@ def _bglib9_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torch
     block order (:data:`_BGLIB9_BLOCKS`)."""
     a0, a1, a4, a2, b0, b1, a3, b2, b3 = p[:, :, None].unbind(1)
     n, md = p.shape[0], vd.shape[0]
+    cut = _exp_cut(p.dtype)
     js = []
     for b, (v, vc, lo, hi, yb) in enumerate(((vd, a2, b0, b1, y[:, :md]),
                                              (va, a3, b2, b3, y[:, md:]))):
@@ -509,11 +516,11 @@ def _bglib9_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torch
         ez = torch.erf(z)
         torch.mul(g, ez, out=j_y).add_(lo).mul_(1.0 / (lo + hi))   # y = (g erf(z) + w_lo) / sum
         torch.sub(a4 * v, yb, out=res).add_(a0).addcmul_(j_y, a1)  # f - y_data
-        gz = torch.mul(z, z).clamp_(max=_EXP_CUT).neg_().exp_()     # erf'(z) / (2/sqrt(pi))
+        gz = torch.mul(z, z).clamp_(max=cut).neg_().exp_()     # erf'(z) / (2/sqrt(pi))
         # G = a1 dy/dg = k (erf(z) - erf'(z) z)
         G = torch.mul(gz, z).mul_(-_TWO_OVER_SQRT_PI).add_(ez).mul_(k)
         # a1 dy/dvc = G dg/dvc - k erf'(z), dg/dvc = -(w_hi - w_lo)/2 erf'(d x) d
-        torch.mul(dx, dx, out=j_vc).clamp_(max=_EXP_CUT).neg_().exp_().mul_(G).mul_(
+        torch.mul(dx, dx, out=j_vc).clamp_(max=cut).neg_().exp_().mul_(G).mul_(
             (-_TWO_OVER_SQRT_PI * BGLIB9_D) * half).addcmul_(gz, (-_TWO_OVER_SQRT_PI) * k)
         # a1 dy/dw_lo = G (1 - erf(d x))/2 + k (1 - y); a1 dy/dw_hi = G (1 + erf(d x))/2 - k y
         torch.mul(ed, -0.5, out=j_lo).add_(0.5).mul_(G).addcmul_(j_y, -k).add_(k)
