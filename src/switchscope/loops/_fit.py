@@ -364,7 +364,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     nucleation_fraction : float
         Change of the response, as a fraction of the loop height, that marks nucleation.
     dtype : torch.dtype
-        Float type of the fit (float64 by default).
+        Float type of the fit (float64 by default). With float64, the race of the starts runs
+        in float32 (it only picks each pixel's start) and its winners are iterated in float64.
     device : str or torch.device, optional
         Where to fit; default the device of a torch input, else CPU.
     seed : int
