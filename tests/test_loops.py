@@ -179,6 +179,9 @@ def test_lm_goes_on_from_a_returned_state():
     assert torch.equal(it3 + it5, it8)
     torch.testing.assert_close(p5, p8, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(c5, c8, rtol=1e-9, atol=0.0)
+    with pytest.raises(ValueError, match="state"):
+        levenberg_marquardt(paper13, p3[:4], *common[:2], torch.arange(4), *common[3:],
+                            max_iter=5, state=state, **kw)
     # a restart (no state) takes another path: the damping starts over
     p5r, _, _, _ = levenberg_marquardt(paper13, p3, *common, max_iter=5, **kw)
     assert not torch.allclose(p5r, p8, rtol=1e-9, atol=1e-12)
@@ -367,6 +370,56 @@ def test_race_in_float32_then_float64_matches_an_all_float64_fit(monkeypatch, na
     assert np.median(d) < 1e-9 and d.max() < 1e-5
 
 
+def test_race_runs_in_the_fit_dtype_when_no_iterations_follow(monkeypatch):
+    # max_iter <= race length: nothing would polish a float32 race, so it runs in float64
+    import switchscope.loops._fit as fit_mod
+
+    seen = []
+    real = fit_mod._race
+    monkeypatch.setattr(fit_mod, "_race", lambda *a: seen.append(a[1].dtype) or real(*a))
+    _, y = true_loops(paper13, 6, np.random.default_rng(2), noise=0.02)
+    fit_loops(y, V_PAPER, n_clusters=0, max_iter=10)
+    fit_loops(y, V_PAPER, n_clusters=0, max_iter=11)
+    assert seen == [torch.float64, torch.float32]
+
+
+def test_each_winner_goes_on_exactly_as_an_uninterrupted_run_of_its_start(monkeypatch):
+    # the race hands each pixel's best start, with its damping and normal equations, to the
+    # later iterations: the result equals one uninterrupted LM run from that start
+    import switchscope.loops._fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "_race_dtype", lambda dtype: dtype)
+    p_true, y = true_loops(paper13, 8, np.random.default_rng(9), noise=0.02)
+    res = fit_loops(y, V_PAPER, n_clusters=0, max_iter=40, race_iter=5)
+    desc = sweep_masks(V_PAPER)
+    order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
+    c, s = y.mean(1), y.std(1)
+    yn = (y - c[:, None]) / s[:, None]
+    kinds = np.array(paper13.param_kinds)
+
+    def normalized(q):
+        q = q.copy()
+        q[..., kinds == "offset"] = (q[..., kinds == "offset"] - c[:, None, None]) / s[:, None, None]
+        q[..., kinds == "scale"] /= s[:, None, None]
+        return q
+
+    K = res.starts.shape[1]
+    lo, hi = (torch.as_tensor(b) for b in paper13.bounds(V_PAPER))
+    p_all, _, _, it_all = levenberg_marquardt(
+        paper13, torch.as_tensor(normalized(res.starts).reshape(-1, 13)),
+        torch.as_tensor(yn[:, order]), None, torch.arange(8).repeat_interleave(K),
+        torch.as_tensor(V_PAPER[desc]), torch.as_tensor(V_PAPER[~desc]), lo, hi, max_iter=40,
+        ftol=1e-5, xtol=1e-7)
+    p_all = p_all.numpy().reshape(8, K, 13)
+    fitted = normalized(res.params[:, None, :])[:, 0]
+    for i in range(8):
+        # (the starts went through physical units and back: equal to rounding, ~1e-11 after
+        # 40 iterations, while the two starts' results differ by ~1e-2)
+        match = [k for k in range(K) if np.allclose(p_all[i, k], fitted[i], rtol=1e-8, atol=1e-9)]
+        assert match, (i, [np.abs(p_all[i, k] - fitted[i]).max() for k in range(K)])
+        assert res.n_iter[i] == int(it_all.reshape(8, K)[i, match[0]])
+
+
 def test_models_have_their_own_race_length(monkeypatch):
     import switchscope.loops._fit as fit_mod
 
@@ -397,6 +450,9 @@ def test_metrics_closed_form_for_constant_widths():
     assert m["area"][0] == pytest.approx(3.0 * (al - au), rel=1e-4)
     assert m["centroid_voltage"][0] == pytest.approx((au + al) / 2, abs=1e-3)
     assert m["centroid_response"][0] == pytest.approx(0.5, abs=1e-3)
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ConfigError, match="n_grid"):
+            loop_metrics(paper13, p, v, n_grid=bad)
 
 
 def test_chunks_and_dtypes_agree():

@@ -111,6 +111,10 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
         nu = torch.full((n,), 2.0, dtype=dtype, device=device)
     else:
         cost, A, g, lam, nu = (state[k] for k in ("cost", "A", "g", "lam", "nu"))
+        if A.shape != (n, P, P) or A.dtype != dtype or A.device != device:
+            raise ValueError(f"levenberg_marquardt: the state is for {A.shape[0]} problems of "
+                             f"{A.shape[-1]} parameters ({A.dtype}, {A.device}), p0 has {n} of "
+                             f"{P} ({dtype}, {device}); pass the state returned with this p0")
     if return_state:
         A_out, g_out = A.clone(), g.clone()
         lam_out, nu_out = lam.clone(), nu.clone()
@@ -184,5 +188,5 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
             alive = alive & ~done
     if return_state:
         return p_out[:, inv], cost_out, status_out, iter_out, {
-            "cost": cost_out, "A": A_out, "g": g_out, "lam": lam_out, "nu": nu_out}
+            "cost": cost_out.clone(), "A": A_out, "g": g_out, "lam": lam_out, "nu": nu_out}
     return p_out[:, inv], cost_out, status_out, iter_out

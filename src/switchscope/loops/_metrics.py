@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._errors import ConfigError
 from ._models import LoopModel
 
 #: Metric name -> (long name, unit kind: "V", "response", "area", "1")
@@ -77,6 +78,8 @@ def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
     dict of str to ndarray of shape (n_pixels,)
         The keys of :data:`METRICS`.
     """
+    if not isinstance(n_grid, (int, np.integer)) or isinstance(n_grid, bool) or n_grid < 2:
+        raise ConfigError(f"loop_metrics: n_grid must be an integer >= 2, got {n_grid!r}")
     params = np.atleast_2d(np.asarray(params, dtype=float))
     if params.shape[0] > _CHUNK:
         # the dense grids take n_pixels * n_grid floats each: bound the memory by chunking
