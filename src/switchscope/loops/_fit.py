@@ -464,7 +464,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
             win = rows * K + k
             p = p.reshape(nb, K, P)[rows, k]
             # a parameter on a (rounded) bound in the race stays exactly on the fit's bound
-            p = torch.where(p <= lo_t.to(rd), lo_t, torch.where(p >= hi_t.to(rd), hi_t, p.to(dtype)))
+            p = torch.where(p <= lo_t.to(rd), lo_t,
+                            torch.where(p >= hi_t.to(rd), hi_t, p.to(dtype)))
             st = st.reshape(nb, K)[rows, k]
             it = it.reshape(nb, K)[rows, k]
             if rd != dtype:

@@ -379,7 +379,8 @@ def _paper13_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torc
         torch.mul(ez, 0.5, out=j_a2).add_(0.5)
         j_a3.copy_(v)
         # d f / d(switching voltage) = -h erf'(z) / S
-        torch.mul(z, z, out=j_vc).clamp_(max=cut).neg_().exp_().mul_((-_TWO_OVER_SQRT_PI) * h).div_(s)
+        torch.mul(z, z, out=j_vc).clamp_(max=cut).neg_().exp_().mul_(
+            (-_TWO_OVER_SQRT_PI) * h).div_(s)
         dfds = j_vc * z
         torch.mul(ew, -0.5, out=j_lo).add_(0.5).mul_(dfds)          # dS/dbl = (1 - erf)/2
         torch.sub(dfds, j_lo, out=j_hi)
