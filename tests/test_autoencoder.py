@@ -164,7 +164,7 @@ def test_nan_input_says_where():
 def test_bad_shape_and_config():
     with pytest.raises(DataError, match="shape"):
         Autoencoder(tiny()).fit(np.zeros(10))
-    with pytest.raises(ConfigError, match=r"AutoencoderConfig.lr must be a number > 0"):
+    with pytest.raises(ConfigError, match=r"\[autoencoder\] lr must be a number > 0"):
         AutoencoderConfig(lr=0)
     with pytest.raises(ConfigError, match="schedule"):
         AutoencoderConfig(schedule="linear")

@@ -84,11 +84,11 @@ class ToyConfig(StageConfig):
 
 def test_config_validation_messages():
     assert ToyConfig().window == 7
-    with pytest.raises(ConfigError, match=r"ToyConfig.window must be an odd integer >= 3, got 6"):
+    with pytest.raises(ConfigError, match=r"\[_toy\] window must be an odd integer >= 3, got 6"):
         ToyConfig(window=6)
-    with pytest.raises(ConfigError, match=r"ToyConfig.window must be .*, got -7"):
+    with pytest.raises(ConfigError, match=r"\[_toy\] window must be .*, got -7"):
         ToyConfig(window=-7)
-    with pytest.raises(ConfigError, match=r"ToyConfig.method must be one of 'a', 'b', got 'c'"):
+    with pytest.raises(ConfigError, match=r"\[_toy\] method must be one of 'a', 'b', got 'c'"):
         ToyConfig(method="c")
     with pytest.raises(ConfigError, match="got True"):
         ToyConfig(window=True)

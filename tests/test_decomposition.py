@@ -297,11 +297,11 @@ def test_config_registered_validated_and_from_toml_lists():
     assert c.n_subclusters == (3, 2) and c.extra_channels == ("resonance",)
     p = DecompositionConfig.preset("paper")
     assert (p.n_pca, p.n_nmf, p.n_subclusters, p.kmeans_pca_method) == (16, 4, (5, 4), "divisive")
-    with pytest.raises(ConfigError, match=r"DecompositionConfig.n_subclusters must be a list of 3 integers"):
+    with pytest.raises(ConfigError, match=r"\[decomposition\] n_subclusters must be a list of 3 integers"):
         DecompositionConfig(n_top_clusters=3)
-    with pytest.raises(ConfigError, match=r"DecompositionConfig.channel must be one of"):
+    with pytest.raises(ConfigError, match=r"\[decomposition\] channel must be one of"):
         DecompositionConfig(channel="height")
-    with pytest.raises(ConfigError, match=r"DecompositionConfig.n_pca must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"\[decomposition\] n_pca must be an integer >= 1 and <= 1000, got 0"):
         DecompositionConfig(n_pca=0)
     with pytest.raises(ConfigError, match="pca_solver"):
         DecompositionConfig(pca_solver="svd")

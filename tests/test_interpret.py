@@ -208,15 +208,15 @@ def test_config_validation_and_toml_shapes():
     cfg = InterpretConfig.from_dict({"channels": ["resonance"], "n_levels": 5})
     assert cfg.channels == ("resonance",)
     assert InterpretConfig.preset("paper").n_pixels == 50
-    with pytest.raises(ConfigError, match=r"InterpretConfig.n_pixels must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"\[interpret\] n_pixels must be an integer >= 1 and <= 1000000, got 0"):
         InterpretConfig(n_pixels=0)
-    with pytest.raises(ConfigError, match=r"InterpretConfig.range must be one of 'max', got 'min'"):
+    with pytest.raises(ConfigError, match=r"\[interpret\] range must be one of 'max', got 'min'"):
         InterpretConfig(range="min")
-    with pytest.raises(ConfigError, match=r"InterpretConfig.range must be a number > 0"):
+    with pytest.raises(ConfigError, match=r"\[interpret\] range must be a number > 0"):
         InterpretConfig(range=-1.0)
-    with pytest.raises(ConfigError, match="InterpretConfig.channels must be a list of channel names"):
+    with pytest.raises(ConfigError, match=r"\[interpret\] channels must be a list of channel names"):
         InterpretConfig(channels=("piezo",))
-    with pytest.raises(ConfigError, match="InterpretConfig.movies must be true or false"):
+    with pytest.raises(ConfigError, match=r"\[interpret\] movies must be true or false"):
         InterpretConfig(movies="yes")
 
 

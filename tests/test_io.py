@@ -341,7 +341,7 @@ def test_truncated_npy(tmp_path):
     np.save(full, np.zeros((10, 10, 10)))
     cut = tmp_path / "cut.npy"
     cut.write_bytes(full.read_bytes()[:500])
-    _raises(FormatError, cut, "damaged NumPy file", voltage="paper")
+    _raises(FormatError, cut, "it is truncated", voltage="paper")
 
 
 def test_mat_without_channel_or_voltage(tmp_path):
@@ -501,7 +501,7 @@ def test_parse_grid_voltage_and_data_config(tmp_path, resonance_path, real_reson
                                 "voltage": "paper", "normalized": True})
     ds = load_data(cfg)
     np.testing.assert_array_equal(ds["resonance"].values.reshape(3600, 96), real_resonance)
-    with pytest.raises(ConfigError, match="DataConfig.channel must be one of"):
+    with pytest.raises(ConfigError, match=r"\[data\] channel must be one of"):
         DataConfig(channel="loops")
     with pytest.raises(ConfigError, match="grid"):
         DataConfig(grid="sixty")

@@ -515,9 +515,9 @@ def test_input_errors():
         fit_loops(y, V_PAPER, model="x")
     with pytest.raises(ConfigError, match="fit_loops: max_iter must be an integer >= 1, got 0"):
         fit_loops(y, V_PAPER, max_iter=0)
-    with pytest.raises(ConfigError, match="LoopsConfig.model must be one of"):
+    with pytest.raises(ConfigError, match=r"\[loops\] model must be one of"):
         LoopsConfig(model="nine")
-    with pytest.raises(ConfigError, match="LoopsConfig.ftol must be a number > 0"):
+    with pytest.raises(ConfigError, match=r"\[loops\] ftol must be a number > 0"):
         LoopsConfig(ftol=0)
     assert LoopsConfig.preset("paper").model == "paper13"
 

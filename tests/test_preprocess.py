@@ -332,19 +332,19 @@ def test_config_defaults_are_the_paper_values_and_registered():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"savgol_window": 6}, r"CleanConfig.savgol_window must be an odd integer >= 3, got 6"),
-    ({"savgol_window": -7}, r"CleanConfig.savgol_window must be an odd integer >= 3, got -7"),
-    ({"savgol_window": 1}, r"CleanConfig.savgol_window must be an odd integer >= 3, got 1"),
-    ({"savgol_order": 7}, r"CleanConfig.savgol_order must be an integer < savgol_window \(7\), got 7"),
+    ({"savgol_window": 6}, r"\[clean\] savgol_window must be an odd integer >= 3 and <= 1001, got 6"),
+    ({"savgol_window": -7}, r"\[clean\] savgol_window must be an odd integer >= 3 and <= 1001, got -7"),
+    ({"savgol_window": 1}, r"\[clean\] savgol_window must be an odd integer >= 3 and <= 1001, got 1"),
+    ({"savgol_order": 7}, r"\[clean\] savgol_order must be an integer < savgol_window \(7\), got 7"),
     ({"savgol_window": 5, "savgol_order": 5}, r"savgol_order must be an integer < savgol_window"),
-    ({"savgol_order": -1}, r"CleanConfig.savgol_order must be an integer >= 0, got -1"),
-    ({"n_outliers": -1}, r"CleanConfig.n_outliers must be an integer >= 0, got -1"),
-    ({"n_outliers": 2.5}, r"CleanConfig.n_outliers must be an integer >= 0, got 2.5"),
+    ({"savgol_order": -1}, r"\[clean\] savgol_order must be an integer >= 0, got -1"),
+    ({"n_outliers": -1}, r"\[clean\] n_outliers must be an integer >= 0 and <= 1000, got -1"),
+    ({"n_outliers": 2.5}, r"\[clean\] n_outliers must be an integer >= 0 and <= 1000, got 2.5"),
     ({"resonance_low_khz": 1340.0}, r"resonance_low_khz must be a number < resonance_high_khz "
                                     r"\(1340.0\), got 1340.0"),
     ({"resonance_low_khz": 1400, "resonance_high_khz": 1300}, "resonance_low_khz must be"),
-    ({"range_filter": "yes"}, r"CleanConfig.range_filter must be true or false, got 'yes'"),
-    ({"channels": ["piezo"]}, r"CleanConfig.channels must be a list of: piezoresponse"),
+    ({"range_filter": "yes"}, r"\[clean\] range_filter must be true or false, got 'yes'"),
+    ({"channels": ["piezo"]}, r"\[clean\] channels must be a list of: piezoresponse"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -231,11 +231,11 @@ def test_build_report_errors(tmp_path):
 def test_report_config_validation():
     cfg = ReportConfig.from_dict({"max_explorer_pixels": 400, "explorer_channels": ["amplitude"]})
     assert cfg.max_explorer_pixels == 400 and cfg.explorer_channels == ("amplitude",)
-    with pytest.raises(ConfigError, match="ReportConfig.explorer_channels must be a list of channel names"):
+    with pytest.raises(ConfigError, match=r"\[report\] explorer_channels must be a list of channel names"):
         ReportConfig(explorer_channels=("piezo",))
-    with pytest.raises(ConfigError, match="ReportConfig.max_explorer_pixels must be an integer >= 1"):
+    with pytest.raises(ConfigError, match=r"\[report\] max_explorer_pixels must be an integer >= 1"):
         ReportConfig(max_explorer_pixels=0)
-    with pytest.raises(ConfigError, match="ReportConfig.title must be a string"):
+    with pytest.raises(ConfigError, match=r"\[report\] title must be a string"):
         ReportConfig(title=3)
 
 

@@ -406,12 +406,12 @@ def test_config_registered_and_keywords_match():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"rows": 0}, r"SyntheticConfig\.rows must be an integer >= 1"),
-    ({"cols": 2.5}, r"SyntheticConfig\.cols must be an integer"),
-    ({"n_steps": 95}, r"SyntheticConfig\.n_steps must be an even integer"),
-    ({"noise": -0.1}, r"SyntheticConfig\.noise must be a number >= 0"),
-    ({"failed_fraction": 0.5}, r"SyntheticConfig\.failed_fraction must be a number >= 0.0 and <= 0.05"),
-    ({"artifacts": "yes"}, r"SyntheticConfig\.artifacts must be one of True, False"),
+    ({"rows": 0}, r"\[synthetic\] rows must be an integer >= 1"),
+    ({"cols": 2.5}, r"\[synthetic\] cols must be an integer"),
+    ({"n_steps": 95}, r"\[synthetic\] n_steps must be an even integer"),
+    ({"noise": -0.1}, r"\[synthetic\] noise must be a number >= 0"),
+    ({"failed_fraction": 0.5}, r"\[synthetic\] failed_fraction must be a number >= 0.0 and <= 0.05"),
+    ({"artifacts": "yes"}, r"\[synthetic\] artifacts must be one of True, False"),
 ])
 def test_bad_options_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import ConfigError
+from ._text import printable
 
 T = TypeVar("T", bound="StageConfig")
 
@@ -55,7 +56,8 @@ class StageConfig:
 
     # -- checks ---------------------------------------------------------------------------------
     def _fail(self, name: str, allowed: str, value: Any) -> None:
-        raise ConfigError(f"{type(self).__name__}.{name} must be {allowed}, got {value!r}")
+        owner = f"[{self.section}] " if self.section else f"{type(self).__name__}."
+        raise ConfigError(f"{owner}{name} must be {allowed}, got {printable(repr(value), 80)}")
 
     def check_number(self, name: str, *, lo: float | None = None, hi: float | None = None,
                      integer: bool = False, odd: bool = False, lo_open: bool = False,

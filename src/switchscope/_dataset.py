@@ -31,7 +31,10 @@ def check_channel(name: str) -> str:
 
 def check_voltage(voltage: Any, n_steps: int) -> np.ndarray:
     """Voltage as a finite 1-D float array of length ``n_steps``."""
-    v = np.asarray(voltage, dtype=float).ravel()
+    v = np.asarray(voltage)
+    if v.dtype.kind not in "iuf":
+        raise DataError(f"the voltage holds {v.dtype} values, not numbers; give one voltage in volts per step")
+    v = v.astype(float).ravel()
     if v.size != n_steps:
         raise DataError(
             f"the voltage has {v.size} values but the data has {n_steps} steps; "
@@ -90,6 +93,28 @@ def make_dataset(channels: Mapping[str, Any], voltage: Any, *, attrs: Mapping[st
         attrs=dict(attrs or {}),
     )
     return ds
+
+
+#: Largest magnitude of a channel value switchscope computes with: squares and sums of squares of
+#: the values must stay far from float64's range (and float32's, ~3e38, in the float32 paths).
+MAX_ABS_VALUE = 1e12
+
+
+def check_values(ds: xr.Dataset) -> None:
+    """Refuse channels whose values are not numbers, or so large that fits overflow."""
+    for name in channels_in(ds):
+        da = ds[name]
+        if da.dtype.kind not in "iuf":
+            raise DataError(f"channel {name!r} holds {da.dtype} values, not numbers; give numeric data")
+        vals = np.asarray(da.values, dtype=float)
+        finite = vals[np.isfinite(vals)]
+        if finite.size and float(np.abs(finite).max()) > MAX_ABS_VALUE:
+            big = float(np.abs(finite).max())
+            exponent = int(np.floor(np.log10(big)))
+            raise DataError(
+                f"channel {name!r} holds values up to {big:.3g}, beyond the {MAX_ABS_VALUE:.0e} switchscope "
+                f"computes with; check its units, or divide it by 1e{exponent} before the analysis"
+            )
 
 
 def channels_in(ds: xr.Dataset) -> list[str]:

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from ._config import STAGE_CONFIGS, StageConfig, configs_from_mapping, read_config_file
-from ._errors import ConfigError, DataError, OutputError, SwitchscopeError
+from ._errors import ConfigError, DataError, SwitchscopeError
+from ._output import check_output_file, check_output_place
+from ._text import printable
 
 EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit code 2."""
+    """An argument parser whose errors are one line and exit code 2, and which takes no
+    abbreviations (``--dat`` is not ``--data``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
@@ -47,11 +55,14 @@ def _configs(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | No
     """Stage configs from ``--preset``, then ``--config FILE``, then command-line overrides."""
     raw: dict[str, dict[str, Any]] = {}
     preset = getattr(args, "preset", None)
-    if preset:
+    if preset is not None:
         _import_stage_modules()
         for section, cls in STAGE_CONFIGS.items():
             if preset in cls.presets:
                 raw[section] = {"preset": preset}
+        if not raw:
+            known = sorted({p for cls in STAGE_CONFIGS.values() for p in cls.presets})
+            raise ConfigError(f"unknown --preset {printable(repr(preset), 60)}; presets are: {', '.join(known)}")
     if getattr(args, "config", None):
         for section, values in read_config_file(args.config).items():
             if not isinstance(values, dict):
@@ -79,11 +90,10 @@ def _import_stage_modules() -> None:
     importlib.import_module("switchscope.synthetic")
 
 
-def _check_out_file(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise OutputError(f"output file {str(path)!r} already exists; pass --force to replace it")
-    if not path.resolve().parent.is_dir():
-        raise OutputError(f"the folder of {str(path)!r} does not exist; create it first")
+def _check_seed(args: argparse.Namespace) -> None:
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer from 0 to {2**32 - 1}, got {seed}")
 
 
 def _synthetic_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,14 +103,23 @@ def _synthetic_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from ._device import check_device
     from .pipeline import parse_stages, run
 
+    _check_seed(args)
+    stages = parse_stages(args.stages) if args.stages is not None else None
+    check_device(args.device)
     configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
+    data_cfg = getattr(configs.get("data"), "path", None)
+    check_output_place(args.out, [args.data, data_cfg, args.config, args.voltage])
+    if args.data is None and data_cfg is None:
+        print("no --data given: using the embedded synthetic dataset (see `switchscope run --help`)",
+              flush=True)
     run(
         args.data,
         args.out,
         configs=configs,
-        stages=parse_stages(args.stages),
+        stages=stages,
         force=args.force,
         seed=args.seed or 0,
         device=args.device,
@@ -115,8 +134,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .io import save
     from .synthetic import make_dataset
 
-    out = Path(args.out)
-    _check_out_file(out, args.force)
+    out = check_output_file(args.out, args.force)
+    _check_seed(args)
     configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
     cfg = configs.get("synthetic") or STAGE_CONFIGS["synthetic"]()
     ds = make_dataset(**cfg.to_dict())
@@ -135,12 +154,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _one_stage_command(args: argparse.Namespace, section: str, apply, overrides=None) -> int:
     """Load ``--data``, apply one stage's function with its config, save to ``--out``."""
+    from ._dataset import check_values
     from .io import load, save
 
-    out = Path(args.out)
-    _check_out_file(out, args.force)
+    out = check_output_file(args.out, args.force, inputs=[args.data])
     configs = _configs(args, {section: overrides or {}})
     ds = load(args.data, **_load_options(args))
+    check_values(ds)
     ds = apply(ds, configs.get(section) or STAGE_CONFIGS[section]())
     save(ds, out, overwrite=args.force)
     print(f"wrote {out}")
@@ -198,69 +218,108 @@ def _add_synthetic_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-artifacts", action="store_true", help="synthetic data without spikes and NaN/Inf")
 
 
+def _stage_names() -> str:
+    from .pipeline import STAGES
+
+    return ", ".join(STAGES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = _Parser(prog="switchscope", description="Ferroelectric switching spectroscopy (BEPS) analysis.")
-    parser.add_argument("--version", action="version", version=f"switchscope {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"switchscope {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("run", help="the whole pipeline: load, clean, fit loops, baselines, autoencoder, report")
     _add_data_options(p, required=False)
-    p.add_argument("--out", default="switchscope-out", metavar="DIR", help="output folder (default switchscope-out)")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--out", default="switchscope-out", metavar="DIR",
+                   help="output folder, created by the run (default switchscope-out)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an output folder that an earlier switchscope run wrote (never any other)")
     _add_config_options(p)
-    p.add_argument("--stages", help="comma-separated stages to run (default: all)")
+    p.add_argument("--stages", metavar="LIST",
+                   help=f"comma-separated stages to run, in any order (default: all): {_stage_names()}")
     p.add_argument("--pretrained", choices=["paper"], help="use the paper's published networks instead of training")
     p.add_argument("--pretrained-dir", metavar="DIR", help="folder of the published Keras networks")
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto, cpu, cuda, cuda:N, mps (default auto: a CUDA GPU if present)")
     p.add_argument("--seed", type=int, default=None, help="one seed for everything (default 0)")
     _add_synthetic_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="write the synthetic dataset to a NetCDF file")
-    p.add_argument("--out", required=True, metavar="FILE.nc")
+    p.add_argument("--out", required=True, metavar="FILE.nc", help="the NetCDF file to write")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     _add_synthetic_options(p)
-    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--force", action="store_true",
+                   help="replace a file that switchscope wrote (never any other)")
     _add_config_options(p)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("info", help="what is in a file: channels, shapes, voltage range, NaN counts")
-    p.add_argument("path")
+    p.add_argument("path", help="the data file")
     _add_array_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("fit-loops", help="fit every loop of a file and write the switching maps")
     _add_data_options(p, required=True)
-    p.add_argument("--out", required=True, metavar="FILE.nc")
-    p.add_argument("--model", choices=["paper13", "bglib9"], default=None)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", required=True, metavar="FILE.nc", help="the NetCDF file to write")
+    p.add_argument("--model", choices=["paper13", "bglib9"], default=None,
+                   help="loop model (default paper13, or [loops] model of --config)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a file that switchscope wrote (never any other)")
     _add_config_options(p)
     p.set_defaults(func=cmd_fit_loops)
 
     p = sub.add_parser("decompose", help="PCA, NMF and clustering of a file")
     _add_data_options(p, required=True)
-    p.add_argument("--out", required=True, metavar="FILE.nc")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", required=True, metavar="FILE.nc", help="the NetCDF file to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace a file that switchscope wrote (never any other)")
     _add_config_options(p)
     p.set_defaults(func=cmd_decompose)
 
     p = sub.add_parser("report", help="rebuild OUT/report/index.html from OUT/results.nc without recomputing")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="the folder written by `switchscope run`")
     p.set_defaults(func=cmd_report)
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: stages stop, the temporary folder is removed."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    raise Terminated()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"switchscope: warning: {message}", file=sys.stderr)
+    print(f"switchscope: warning: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``switchscope`` command; returns the exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         if getattr(args, "pretrained_dir", None):
             os.environ["SWITCHSCOPE_PRETRAINED_DIR"] = args.pretrained_dir
         with warnings.catch_warnings():
@@ -268,15 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return args.func(args)
     except SwitchscopeError as exc:
-        print(f"switchscope: error: {exc}", file=sys.stderr)
+        print(f"switchscope: error: {printable(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # output piped into `head`
         return 0
     except OSError as exc:  # permissions, full disk: the user's to fix, not a bug
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"switchscope: error: {exc.strerror or exc}{where}; check the path and its permissions",
-              file=sys.stderr)
+        print(f"switchscope: error: {printable(exc.strerror or exc)}{printable(where)}; check the path "
+              "and its permissions", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("switchscope: terminated; earlier results are untouched", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("switchscope: interrupted; earlier results are untouched", file=sys.stderr)
         return 130

@@ -851,23 +851,23 @@ class DecompositionConfig(StageConfig):
         self.check_choice("split_channel", channels)
         if not isinstance(self.extra_channels, tuple) or any(c not in CHANNELS for c in self.extra_channels):
             self._fail("extra_channels", "a list of channels from " + ", ".join(channels), self.extra_channels)
-        self.check_number("n_pca", lo=1, integer=True)
+        self.check_number("n_pca", lo=1, hi=1000, integer=True)
         self.check_choice("pca_solver", _SVD_SOLVERS)
-        self.check_number("n_nmf", lo=1, integer=True)
+        self.check_number("n_nmf", lo=1, hi=100, integer=True)
         self.check_choice("nmf_init", _NMF_INITS)
-        self.check_number("nmf_max_iter", lo=1, integer=True)
-        self.check_number("nmf_tol", lo=0, lo_open=True)
-        self.check_number("n_top_clusters", lo=1, integer=True)
+        self.check_number("nmf_max_iter", lo=1, hi=100_000, integer=True)
+        self.check_number("nmf_tol", lo=0, lo_open=True, hi=1)
+        self.check_number("n_top_clusters", lo=1, hi=100, integer=True)
         subs = self.n_subclusters
         if (not isinstance(subs, tuple) or len(subs) != self.n_top_clusters
                 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in subs)):
             self._fail("n_subclusters", f"a list of {self.n_top_clusters} integers >= 1 "
                        "(one per top cluster)", subs)
-        self.check_number("kmeans_pca_clusters", lo=1, integer=True)
+        self.check_number("kmeans_pca_clusters", lo=1, hi=1000, integer=True)
         self.check_choice("kmeans_pca_method", _PCA_CLUSTER_METHODS)
         self.check_choice("kmeans_algorithm", _KMEANS_ALGORITHMS)
-        self.check_number("n_init", lo=1, integer=True)
-        self.check_number("seed", lo=0, integer=True, optional=True)
+        self.check_number("n_init", lo=1, hi=1000, integer=True)
+        self.check_number("seed", lo=0, hi=2**32 - 1, integer=True, optional=True)
 
 
 def _channel_matrix(ds: xr.Dataset, channel: str) -> tuple[np.ndarray, tuple[int, ...] | None, str]:

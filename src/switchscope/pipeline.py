@@ -9,10 +9,8 @@ interrupted run never destroys earlier results and never leaves a half-written f
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,10 @@ import xarray as xr
 from ._config import STAGE_CONFIGS, StageConfig
 from ._context import RunContext
 from ._dataset import channels_in
-from ._errors import ConfigError, OutputError
+from ._errors import ConfigError
+from ._text import printable
+from ._json import json_safe, write_json  # noqa: F401 (re-exported)
+from ._output import begin, check_output_folder, check_output_place, commit, discard, locked, recover
 
 #: Stage name -> (module, function). The order is the order of a run.
 STAGES: dict[str, tuple[str, str]] = {
@@ -63,12 +64,15 @@ def stage_config(name: str, configs: Mapping[str, StageConfig]) -> StageConfig:
 
 def parse_stages(spec: str | None) -> list[str]:
     """``"clean,loops"`` -> ``["clean", "loops"]`` in run order; None -> every stage."""
-    if not spec:
+    if spec is None:
         return list(STAGES)
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"--stages names no stage; give some of: {', '.join(STAGES)}")
     unknown = [n for n in names if n not in STAGES]
     if unknown:
-        raise ConfigError(f"unknown stage(s) {', '.join(unknown)} in --stages; stages are: {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stage(s) {printable(', '.join(unknown), 80)} in --stages; "
+                          f"stages are: {', '.join(STAGES)}")
     return [n for n in STAGES if n in names]
 
 
@@ -93,59 +97,6 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary name, then rename (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def prepare_output(out: Path, force: bool) -> Path:
-    """Check that ``out`` may be written; return the temporary folder to build it in."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {str(out)!r} exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputError(
-            f"output folder {str(out)!r} already exists; pass --force to replace it, or choose another --out"
-        )
-    parent = out.resolve().parent
-    if not parent.exists():
-        raise OutputError(f"the folder {str(parent)!r} for --out does not exist; create it first")
-    work = parent / f".{out.name}.partial-{os.getpid()}"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir()
-    return work
-
-
-def commit_output(work: Path, out: Path) -> None:
-    """Move the finished run folder into place, replacing an old one only now."""
-    out = Path(out)
-    backup = None
-    if out.exists():
-        backup = out.resolve().parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, backup)
-    os.replace(work, out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _write_results(ds: xr.Dataset, ctx: RunContext, names: list[str],
@@ -219,17 +170,79 @@ def run(
         The input with every stage's results added.
     """
     configs = dict(configs or {})
-    names = list(STAGES) if stages is None else stages
+    names = list(STAGES) if stages is None else parse_stages(",".join(stages))
+    for name in names:
+        stage_config(name, configs)  # every stage's options, before any work
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out)
-    work = prepare_output(out, force)
-    try:
+    inputs = [data] if isinstance(data, (str, Path)) else []
+    if data is None and getattr(configs.get("data"), "path", None):
+        inputs.append(configs["data"].path)
+    resolved = check_output_place(out, inputs)
+    with locked(resolved):
+        recover(resolved)  # what killed runs left here, before judging what is there
+        check_output_folder(out, force, inputs)
         t0 = time.perf_counter()
         ds = load_data(data, configs, load_options)
         load_seconds = time.perf_counter() - t0
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        names = preflight(ds, names, configs, explicit=stages is not None, device=device,
+                          pretrained=pretrained, log=log)
+        work, run_id = begin(resolved)
+        try:
+            ds = _run_stages(ds, names, configs, work, seed=seed, device=device, pretrained=pretrained,
+                             progress=progress, log=log, load_seconds=load_seconds)
+            commit(work, resolved, run_id)
+        except BaseException:
+            discard(work)
+            raise
+    log(f"results written to {out}/ (results.nc, summary.json"
+        + (", report/index.html)" if "report" in names else ")"))
+    return ds
+
+
+def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfig], *, explicit: bool,
+              device: str = "auto", pretrained: str | None = None,
+              log: Callable[[str], None] | None = None) -> list[str]:
+    """Check, before the first stage, what would otherwise fail in the middle of a run; return
+    the stages to run (``score`` is dropped from a default run on data without ground truth)."""
+    from ._dataset import check_values
+    from ._device import check_device
+
+    check_values(ds)
+    if device != "auto":
+        check_device(device)
+    names = list(names)
+    if "score" in names and not any(str(v).startswith("truth_") for v in ds.data_vars):
+        if explicit:
+            raise ConfigError("stage score compares with ground truth (truth_* variables), which only the "
+                              "synthetic dataset has; drop score from --stages")
+        names.remove("score")
+        if log:
+            log("stage score skipped: the data holds no ground truth")
+    if "clean" in names:
+        from .preprocess import check_steps
+
+        cfg = stage_config("clean", configs)
+        for channel in channels_in(ds):
+            if cfg.channels is None or channel in cfg.channels:
+                check_steps(int(ds.sizes["step"]), cfg, channel)
+    if "autoencoder" in names:
+        cfg = stage_config("autoencoder", configs)
+        check_device(cfg.device, "[autoencoder] device")
+        if pretrained == "paper":
+            from .autoencoder.keras import pretrained_directory
+            from .autoencoder.stage import PAPER_STEPS
+
+            pretrained_directory()
+            if int(ds.sizes["step"]) != PAPER_STEPS:
+                raise ConfigError(f"--pretrained paper takes loops of {PAPER_STEPS} steps, the data has "
+                                  f"{ds.sizes['step']}; train instead (drop --pretrained paper)")
+    return names
+
+
+def _run_stages(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfig], work: Path, *,
+                seed: int, device: str, pretrained: str | None, progress: bool,
+                log: Callable[[str], None], load_seconds: float) -> xr.Dataset:
     ctx = RunContext(workdir=work, seed=seed, device=device, pretrained=pretrained, progress=progress)
     ctx.summary["dataset"] = {
         "source": str(ds.attrs.get("source", "synthetic")),
@@ -240,24 +253,17 @@ def run(
     timings: dict[str, float] = {"load": round(load_seconds, 3)}
     ctx.summary["timings_s"] = timings
     ctx.summary["versions"] = versions()
-    try:
-        t_all = time.perf_counter()
-        for i, name in enumerate(names, 1):
-            fn = stage_function(name)
-            cfg = stage_config(name, configs)
-            log(f"[{i}/{len(names)}] {name} ...")
-            t0 = time.perf_counter()
-            if name == "report":
-                # The page is built from the written results, so they go to disk first.
-                _write_results(ds, ctx, names, configs, t_all)
-            ds = fn(ds, cfg, ctx)
-            timings[name] = round(time.perf_counter() - t0, 3)
-            log(f"[{i}/{len(names)}] {name} done in {timings[name]:.1f} s")
-        _write_results(ds, ctx, names, configs, t_all, write_data="report" not in names)
-        commit_output(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log(f"results written to {out}/ (results.nc, summary.json"
-        + (", report/index.html)" if "report" in names else ")"))
+    t_all = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        fn = stage_function(name)
+        cfg = stage_config(name, configs)
+        log(f"[{i}/{len(names)}] {name} ...")
+        t0 = time.perf_counter()
+        if name == "report":
+            # The page is built from the written results, so they go to disk first.
+            _write_results(ds, ctx, names, configs, t_all)
+        ds = fn(ds, cfg, ctx)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        log(f"[{i}/{len(names)}] {name} done in {timings[name]:.1f} s")
+    _write_results(ds, ctx, names, configs, t_all, write_data="report" not in names)
     return ds

@@ -104,12 +104,12 @@ class CleanConfig(StageConfig):
         super().__post_init__()
 
     def validate(self) -> None:
-        self.check_number("savgol_window", lo=3, integer=True, odd=True)
+        self.check_number("savgol_window", lo=3, hi=1001, integer=True, odd=True)
         self.check_number("savgol_order", lo=0, integer=True)
         if self.savgol_order >= self.savgol_window:
             self._fail("savgol_order", f"an integer < savgol_window ({self.savgol_window})",
                        self.savgol_order)
-        self.check_number("n_outliers", lo=0, integer=True)
+        self.check_number("n_outliers", lo=0, hi=1000, integer=True)
         for name in ("range_filter", "figures"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "true or false", getattr(self, name))
@@ -376,16 +376,26 @@ def denormalize(Xn: Any, stats: NormStats | Mapping[str, float] | tuple[float, f
 # ------------------------------------------------------------------------------------------------
 # the whole recipe
 # ------------------------------------------------------------------------------------------------
+def check_steps(n_steps: int, config: CleanConfig, label: str) -> None:
+    """Refuse curves too short for the configured Savitzky-Golay window and outlier count."""
+    if n_steps < 3:
+        raise DataError(f"{label}: the curves have {n_steps} step(s), but cleaning needs at least 3 (a "
+                        "Savitzky-Golay window is odd and >= 3); give curves with more steps")
+    if n_steps < config.savgol_window:
+        largest = n_steps if n_steps % 2 else n_steps - 1
+        raise DataError(f"{label}: the curves have {n_steps} steps, fewer than the Savitzky-Golay window "
+                        f"({config.savgol_window}); set [clean] savgol_window to an odd number from 3 to "
+                        f"{largest}")
+    if config.n_outliers >= n_steps:
+        raise DataError(f"{label}: [clean] n_outliers ({config.n_outliers}) must be smaller than the "
+                        f"number of steps ({n_steps}); lower it")
+
+
 def _clean_array(X: np.ndarray, config: CleanConfig, *, apply_range: bool, label: str,
                  grid: tuple[int, ...] | None) -> tuple[np.ndarray, dict[str, int]]:
     X = _as_2d_float(X, label)
     n_pixels, n_steps = X.shape
-    if n_steps < config.savgol_window:
-        raise DataError(f"{label}: the curves have {n_steps} steps, fewer than the Savitzky-Golay "
-                        f"window ({config.savgol_window}); set clean.savgol_window <= {n_steps}")
-    if config.n_outliers >= n_steps:
-        raise DataError(f"{label}: clean.n_outliers ({config.n_outliers}) must be smaller than the "
-                        f"number of steps ({n_steps}); lower it")
+    check_steps(n_steps, config, label)
     n_inf = int(np.isinf(X).sum())
     n_nonfinite = int((~np.isfinite(X)).sum())
     if n_inf:
@@ -402,7 +412,7 @@ def _clean_array(X: np.ndarray, config: CleanConfig, *, apply_range: bool, label
             raise DataError(
                 f"{label}: no value lies in the valid range {lo}-{hi} kHz; if the data is in other "
                 "units or already normalized, mark it (attrs['normalized'] = 1) or set "
-                "clean.range_filter = false"
+                "[clean] range_filter = false"
             )
         X[out] = np.nan
     _check_no_empty_pixels(X, label, grid)

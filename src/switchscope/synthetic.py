@@ -144,7 +144,7 @@ class SyntheticConfig(StageConfig):
     def validate(self) -> None:
         self.check_number("rows", lo=1, hi=4096, integer=True)
         self.check_number("cols", lo=1, hi=4096, integer=True)
-        self.check_number("seed", lo=0, integer=True)
+        self.check_number("seed", lo=0, hi=2**32 - 1, integer=True)
         self.check_number("n_steps", lo=8, hi=100_000, integer=True)
         if int(self.n_steps) % 2:
             self._fail("n_steps", "an even integer (half the steps go down, half go up)", self.n_steps)

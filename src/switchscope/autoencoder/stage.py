@@ -182,7 +182,7 @@ def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunCont
     tr, va = ae.train_index_, ae.val_index_
     info: dict[str, Any] = {
         "source": "trained", "epochs": ae.n_epochs_, "best_epoch": ae.best_epoch_,
-        "stop_reason": ae.stop_reason_, "l1": ae.l1_, "n_parameters": n_parameters(ae.model_),
+        "stop_reason": ae.stop_reason_, "max_seconds": config.max_seconds, "l1": ae.l1_, "n_parameters": n_parameters(ae.model_),
         "mse_train": float(np.mean((R[tr] - Xn[tr]) ** 2)),
         "mse_val": float(np.mean((R[va] - Xn[va]) ** 2)) if len(va) else None,
         "best_val_loss": ae.best_val_loss_ if np.isfinite(ae.best_val_loss_) else None,
@@ -200,9 +200,18 @@ def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
                         f"{Xn.shape[1]}; train instead (drop --pretrained paper)")
     from .keras import load_pretrained  # written beside this module; imported only when asked for
 
+    from tqdm.auto import tqdm
+
     net = load_pretrained(channel)
-    Z = np.asarray(net.transform(Xn), dtype=np.float64)
-    R = np.asarray(net.reconstruct(Xn), dtype=np.float64)
+    Zs, Rs = [], []
+    block = 256  # the networks' own batch, so the result equals one call over all pixels
+    with tqdm(total=len(Xn), disable=not ctx.progress, desc=f"published {channel} network",
+              unit="loop", leave=False) as bar:
+        for i in range(0, len(Xn), block):
+            Zs.append(np.asarray(net.transform(Xn[i:i + block]), dtype=np.float64))
+            Rs.append(np.asarray(net.reconstruct(Xn[i:i + block]), dtype=np.float64))
+            bar.update(len(Xn[i:i + block]))
+    Z, R = np.concatenate(Zs), np.concatenate(Rs)
     folder = ctx.models / channel
     folder.mkdir(parents=True, exist_ok=True)
     epoch = getattr(getattr(net, "autoencoder", net), "epoch", None)

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from .._dataset import CHANNELS, check_channel, check_voltage, make_dataset
-from .._errors import DataError
+from .._errors import DataError, FormatError
 from .._grid import unflatten
 from .waveform import paper_voltage
 
@@ -54,6 +54,116 @@ def hdf5_offset(head: bytes) -> int | None:
     return None
 
 
+def available_memory() -> int:
+    """Bytes of memory this process can still use (``MemAvailable``; 8 GiB where unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} EB"  # pragma: no cover
+
+
+def check_declared_size(path: PathLike, arrays: Sequence[tuple[str, tuple[int, ...], int]], *,
+                        stored_bytes: int | None = None) -> None:
+    """Refuse a file whose arrays, as its headers declare them, cannot be real or cannot fit.
+
+    ``arrays`` holds ``(name, shape, itemsize)`` read from the file's metadata, before any data.
+    With ``stored_bytes`` (uncompressed formats: the bytes after the header), arrays that declare
+    more than the file holds are a truncated or damaged file. Every array is read as float64,
+    so their total at 8 bytes a value must fit in half the memory available now.
+    """
+    fname = Path(path).name
+    total_values = 0
+    total_stored = 0
+    for name, shape, itemsize in arrays:
+        n = 1
+        for d in shape:
+            if int(d) < 0:
+                raise FormatError(f"'{fname}': {name} declares a negative size {tuple(shape)}; the file is damaged")
+            n *= int(d)
+        total_values += n
+        total_stored += n * int(itemsize)
+    if stored_bytes is not None and total_stored > stored_bytes:
+        raise FormatError(
+            f"'{fname}' declares {human_bytes(total_stored)} of data but holds only {human_bytes(stored_bytes)}; "
+            "it is truncated or its header is damaged: copy or save it again"
+        )
+    need = 8 * total_values
+    avail = available_memory()
+    if need > avail // 2:
+        shapes = ", ".join(f"{name} {tuple(int(d) for d in shape)}" for name, shape, _ in arrays[:3])
+        raise DataError(
+            f"'{fname}' declares {human_bytes(need)} of data ({shapes}) but this machine has "
+            f"{human_bytes(avail)} of memory available; use a machine with more memory, or split the file"
+        )
+
+
+def check_regular_file(path: PathLike) -> None:
+    """Refuse anything but a regular file (a FIFO or a device would block or never end)."""
+    import stat
+
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise DataError(f"file '{p}' does not exist; check the path") from None
+    except OSError as exc:
+        raise DataError(f"cannot read '{p}' ({oneline(exc)}); check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"'{p}' is a folder (directory); give the path of a data file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise DataError(f"'{p}' is {kind}; give a regular data file")
+
+
+def hdf5_declared(path: PathLike, f: Any) -> None:
+    """:func:`check_declared_size` over every dataset of an open ``h5py.File``."""
+    import h5py
+
+    arrays: list[tuple[str, tuple[int, ...], int]] = []
+    contiguous_bytes = 0
+    all_contiguous = True
+
+    def visit(name: str, obj: Any) -> None:
+        nonlocal contiguous_bytes, all_contiguous
+        if isinstance(obj, h5py.Dataset) and obj.shape is not None:
+            itemsize = obj.dtype.itemsize if obj.dtype.kind != "O" else 8
+            arrays.append((repr(name), tuple(obj.shape), itemsize))
+            if obj.chunks is None and obj.compression is None:
+                contiguous_bytes += int(np.prod(obj.shape, dtype=object)) * itemsize
+            else:
+                all_contiguous = False
+
+    try:
+        f.visititems(visit)
+    except (RecursionError, RuntimeError, OSError, KeyError, ValueError) as exc:
+        raise FormatError(f"'{Path(path).name}' has a damaged HDF5 structure ({oneline(exc)}); "
+                          "copy or save it again") from None
+    size = os.stat(path).st_size
+    if all_contiguous and contiguous_bytes > size:
+        raise FormatError(
+            f"'{Path(path).name}' declares {human_bytes(contiguous_bytes)} of data but holds only "
+            f"{human_bytes(size)}; it is truncated or damaged: copy or save it again"
+        )
+    check_declared_size(path, arrays)
+
+
 def oneline(exc: BaseException) -> str:
     """An exception's text squeezed onto one line (library messages may span several)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -78,6 +188,11 @@ class Reader:
 
     def open(self, path: PathLike, **options: Any) -> xr.Dataset:  # pragma: no cover - interface
         """Read the file into a Dataset with dims ``(row, col, step)``."""
+        raise NotImplementedError
+
+    def check_size(self, path: PathLike) -> None:  # pragma: no cover - interface
+        """Read only the file's metadata and refuse (one line) arrays that it cannot hold or that
+        would not fit in memory (see :func:`check_declared_size`)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

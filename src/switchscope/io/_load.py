@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import xarray as xr
 
 from .._errors import DataError, DataWarning, FormatError
-from ._base import PathLike, Reader, VoltageLike, hdf5_offset, oneline
+from ._base import PathLike, Reader, VoltageLike, check_regular_file, hdf5_offset, oneline
 from .matlab import MatV5Reader, MatV73Reader
 from .netcdf import NetCDFReader
 from .npy import NpyReader, NpzReader
@@ -26,10 +26,7 @@ def formats() -> str:
 def find_reader(path: PathLike) -> Reader:
     """The reader that claims ``path`` from its content; a :class:`FormatError` if none does."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"file '{path}' does not exist; check the path")
-    if path.is_dir():
-        raise DataError(f"'{path}' is a folder; give the path of a data file inside it")
+    check_regular_file(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -120,6 +117,7 @@ def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | N
         else:
             warnings.warn(f"option {name}= does not apply to {reader.description} files; ignored",
                           DataWarning, stacklevel=2)
+    reader.check_size(path)
     return reader.open(path, **options)
 
 

@@ -111,6 +111,6 @@ class DataConfig(StageConfig):
 def load_data(config: DataConfig) -> xr.Dataset:
     """Load the measurement a :class:`DataConfig` names (``config.path`` must be set)."""
     if config.path is None:
-        raise ConfigError("DataConfig.path is None; give a data file (--data FILE) or use the synthetic data")
+        raise ConfigError("[data] path is not set; give a data file (--data FILE) or use the synthetic data")
     return load(config.path, channel=config.channel, voltage=parse_voltage(config.voltage),
                 grid=parse_grid(config.grid), normalized=config.normalized, keys=config.keys)

@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from .._dataset import channels_in
+from .._text import printable
 
 
 def _stats(values: np.ndarray) -> str:
@@ -17,9 +18,9 @@ def _stats(values: np.ndarray) -> str:
 
 
 def _line(name: str, da: xr.DataArray) -> str:
-    units = da.attrs.get("units", "")
-    dims = ", ".join(f"{d}={n}" for d, n in zip(da.dims, da.shape))
-    text = f"  {name} {tuple(da.shape)} ({dims})"
+    units = printable(da.attrs.get("units", ""), 40)
+    dims = ", ".join(f"{printable(d, 40)}={n}" for d, n in zip(da.dims, da.shape))
+    text = f"  {printable(name, 80)} {tuple(da.shape)} ({dims})"
     if units:
         text += f" [{units}]"
     if da.dtype.kind in "iuf":
@@ -52,7 +53,7 @@ def describe(ds: xr.Dataset) -> str:
     src = ds.attrs.get("source")
     if src is not None:
         fmt = ds.attrs.get("format")
-        lines.append(f"source: {src}" + (f" ({fmt})" if fmt else ""))
+        lines.append(f"source: {printable(src, 200)}" + (f" ({printable(fmt, 40)})" if fmt else ""))
     if {"row", "col"} <= set(ds.sizes):
         grid = f"grid: {ds.sizes['row']} rows x {ds.sizes['col']} cols"
         if "step" in ds.sizes:
@@ -60,7 +61,7 @@ def describe(ds: xr.Dataset) -> str:
         lines.append(grid)
     if "voltage" in ds.coords:
         v = np.asarray(ds["voltage"].values, dtype=float)
-        units = ds["voltage"].attrs.get("units", "V")
+        units = printable(ds["voltage"].attrs.get("units", "V"), 20)
         if v.size:
             lines.append(f"voltage: {v.min():g}..{v.max():g} {units}, {v.size} steps "
                          f"(first {v[0]:g} {units}, last {v[-1]:g} {units})")
@@ -75,5 +76,5 @@ def describe(ds: xr.Dataset) -> str:
     attrs = {k: v for k, v in ds.attrs.items() if k not in ("source", "format")}
     if attrs:
         lines.append("attrs:")
-        lines.extend(f"  {k}: {v}" for k, v in attrs.items())
+        lines.extend(f"  {printable(k, 80)}: {printable(v, 200)}" for k, v in attrs.items())
     return "\n".join(lines)

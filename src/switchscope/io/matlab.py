@@ -12,6 +12,8 @@ import xarray as xr
 from .._errors import FormatError
 from ._base import (
     HEAD_BYTES,
+    check_declared_size,
+    hdf5_declared,
     MAT5_TEXT,
     MAT73_TEXT,
     PathLike,
@@ -24,6 +26,8 @@ from ._base import (
 
 _OPTIONS = frozenset({"channel", "voltage", "grid", "normalized", "keys"})
 #: MATLAB classes whose HDF5 datasets hold plain numbers.
+_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4,
+             "uint32": 4, "int64": 8, "uint64": 8, "logical": 1, "char": 2}
 _NUMERIC_CLASSES = {b"double", b"single", b"int8", b"uint8", b"int16", b"uint16", b"int32",
                     b"uint32", b"int64", b"uint64"}
 
@@ -44,6 +48,19 @@ class MatV5Reader(Reader):
     def guess_can_open(self, path: PathLike) -> bool:
         head = read_head(path, HEAD_BYTES)
         return head.startswith(MAT5_TEXT) and hdf5_offset(head) is None
+
+    def check_size(self, path: PathLike) -> None:
+        import scipy.io
+
+        try:
+            variables = scipy.io.whosmat(path)
+        except Exception as exc:  # noqa: BLE001 - scipy raises many types for damaged headers
+            raise FormatError(
+                f"'{Path(path).name}' starts like a MATLAB v5 file but its variable headers cannot be read "
+                f"({oneline(exc)}); it is truncated or corrupt: copy or export it again"
+            ) from None
+        check_declared_size(path, [(repr(name), tuple(shape), _ITEMSIZE.get(cls, 8))
+                                   for name, shape, cls in variables])
 
     def open(self, path: PathLike, **options: Any) -> xr.Dataset:
         import scipy.io
@@ -94,6 +111,17 @@ class MatV73Reader(Reader):
 
     def guess_can_open(self, path: PathLike) -> bool:
         return _is_mat73(path)
+
+    def check_size(self, path: PathLike) -> None:
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(f"'{Path(path).name}' looks like a MATLAB v7.3 file but HDF5 cannot open it "
+                              f"({oneline(exc)}); it is truncated or corrupt: copy or save it again") from None
+        with f:
+            hdf5_declared(path, f)
 
     def open(self, path: PathLike, **options: Any) -> xr.Dataset:
         import h5py

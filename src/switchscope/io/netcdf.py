@@ -12,19 +12,22 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
 
-from .._errors import DataError, FormatError, OutputError
-from .._dataset import channels_in
+from .._errors import DataError, DataWarning, FormatError, OutputError
+from .._text import printable
+from .._dataset import channels_in, check_voltage
 from ._base import (
     HEAD_BYTES,
     MAT73_TEXT,
     PathLike,
     Reader,
+    hdf5_declared,
     hdf5_offset,
     oneline,
     read_head,
@@ -32,6 +35,8 @@ from ._base import (
 )
 
 JSON_ATTRS = "switchscope_json_attrs"
+#: Global attribute that marks a file written by :func:`save` (only such files are replaced).
+WRITER_ATTR = "switchscope_writer"
 _ENGINE = "h5netcdf"
 
 
@@ -99,17 +104,39 @@ def encode_attrs(attrs: Mapping[str, Any], owner: str) -> dict[str, Any]:
 
 
 def decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`encode_attrs`."""
+    """Inverse of :func:`encode_attrs`.
+
+    Attributes that another program wrote or edited (``switchscope_json_attrs`` that is not a
+    JSON list of names, a value that is not JSON, names an unknown dtype or nests too deeply)
+    keep their stored text, with a :class:`~switchscope.DataWarning`.
+    """
     out = dict(attrs)
     names = out.pop(JSON_ATTRS, None)
     if names is None:
         return out
-    for key in json.loads(str(names)):
-        if key in out:
+    try:
+        keys = json.loads(str(names))
+    except (ValueError, RecursionError):
+        keys = None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        warnings.warn(f"attribute {JSON_ATTRS} is not a JSON list of names; the attributes are kept as "
+                      "stored text", DataWarning, stacklevel=2)
+        return out
+    for key in keys:
+        if key not in out:
+            continue
+        try:
             value = json.loads(str(out[key]))
             if isinstance(value, dict) and set(value) == {"__ndarray__", "dtype"}:
-                value = np.asarray(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
-            out[key] = value
+                dtype = np.dtype(str(value["dtype"]))
+                if dtype.hasobject:
+                    raise TypeError("object dtype")
+                value = np.asarray(value["__ndarray__"], dtype=dtype)
+        except (ValueError, TypeError, RecursionError, OverflowError):
+            warnings.warn(f"attribute {printable(key, 60)!r} is not the JSON switchscope writes; kept as "
+                          "stored text", DataWarning, stacklevel=2)
+            continue
+        out[key] = value
     return out
 
 
@@ -157,6 +184,17 @@ class NetCDFReader(Reader):
     def guess_can_open(self, path: PathLike) -> bool:
         return _is_our_netcdf(path)
 
+    def check_size(self, path: PathLike) -> None:
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(f"'{Path(path).name}' is a NetCDF file that HDF5 cannot open ({oneline(exc)}); "
+                              "it is corrupt: write it again") from None
+        with f:
+            hdf5_declared(path, f)
+
     def open(self, path: PathLike, *, voltage: Any = None, normalized: bool = False) -> xr.Dataset:
         fname = Path(path).name
         try:
@@ -170,9 +208,22 @@ class NetCDFReader(Reader):
         if missing:
             raise DataError(f"'{fname}' has dims {tuple(ds.dims)} but switchscope needs row, col, step; "
                             "give a file written by switchscope.io.save")
+        ds.attrs.pop(WRITER_ATTR, None)
         if voltage is not None or "voltage" not in ds.coords:
             v = resolve_voltage(voltage, None, ds.sizes["step"], path)
             ds = ds.assign_coords(voltage=("step", v, {"units": "V", "long_name": "DC voltage"}))
+        else:
+            if ds["voltage"].dims != ("step",):
+                raise DataError(f"'{fname}': the voltage has dims {ds['voltage'].dims}, not (step,); "
+                                "give a file written by switchscope.io.save")
+            try:
+                check_voltage(ds["voltage"].values, ds.sizes["step"])
+            except DataError as exc:
+                raise DataError(f"'{fname}': {exc}") from None
+        for c in channels_in(ds):
+            if ds[c].dtype.kind not in "iuf":
+                raise DataError(f"'{fname}': channel {c!r} holds {ds[c].dtype} values, not numbers; "
+                                "give numeric data")
         if normalized:
             for c in channels_in(ds):
                 ds[c].attrs.update(normalized=1, units="1")
@@ -183,6 +234,42 @@ class NetCDFReader(Reader):
 
 
 # -- writer ---------------------------------------------------------------------------------------
+
+def _sweep_dead_temporaries(path: Path) -> None:
+    """Remove the temporary files that killed runs of :func:`save` left for ``path``."""
+    import re
+
+    from .._output import pid_alive
+
+    pattern = re.compile(r"^\." + re.escape(path.name) + r"\.(\d+)-[0-9a-f]{8}\.tmp$")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if m and not pid_alive(int(m[1])):
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
+
+
+def written_by_switchscope(path: PathLike) -> bool:
+    """True when ``path`` is a NetCDF file that :func:`save` wrote (it carries our mark)."""
+    if hdf5_offset(read_head(path, HEAD_BYTES)) is None:
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            mark = f.attrs.get(WRITER_ATTR)
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    if isinstance(mark, bytes):
+        mark = mark.decode("utf-8", "replace")
+    return isinstance(mark, str) and mark.startswith("switchscope")
+
 
 def save(ds: xr.Dataset, path: PathLike, *, overwrite: bool = False) -> Path:
     """Write ``ds`` to a NetCDF4 file that :func:`switchscope.io.load` reads back exactly.
@@ -212,9 +299,16 @@ def save(ds: xr.Dataset, path: PathLike, *, overwrite: bool = False) -> Path:
         raise OutputError(f"'{path}' is a folder; give a file name such as '{path / 'results.nc'}'")
     if path.exists() and not overwrite:
         raise OutputError(f"'{path}' already exists; pass overwrite=True (--force) to replace it")
+    if path.exists() and not written_by_switchscope(path):
+        raise OutputError(f"'{path}' was not written by switchscope, so it is not replaced; "
+                          "choose another file name")
     if not path.parent.is_dir():
         raise OutputError(f"folder '{path.parent}' does not exist; create it first")
     encoded = _map_attrs(ds, encode_attrs)
+    from .. import __version__
+
+    encoded.attrs[WRITER_ATTR] = f"switchscope {__version__}"
+    _sweep_dead_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         encoded.to_netcdf(tmp, engine=_ENGINE)

@@ -10,7 +10,33 @@ import numpy as np
 import xarray as xr
 
 from .._errors import DataError, FormatError
-from ._base import NUMPY_MAGIC, ZIP_MAGIC, PathLike, Reader, assemble, oneline, read_head
+from ._base import (
+    NUMPY_MAGIC,
+    ZIP_MAGIC,
+    PathLike,
+    Reader,
+    assemble,
+    check_declared_size,
+    oneline,
+    read_head,
+)
+
+
+def _npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and header length of the ``.npy`` stream ``fh``, without reading its data."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = fmt.read_array_header_2_0(fh)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
+        raise FormatError(f"{where} has a damaged NumPy header ({oneline(exc)}); save it again") from None
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects (pickle), which switchscope refuses to load; "
+                        "save a numeric array (np.save(path, np.asarray(x, dtype=float)))")
+    return tuple(shape), dtype, fh.tell()
 
 
 def _np_load(path: PathLike) -> Any:
@@ -43,6 +69,14 @@ class NpyReader(Reader):
     def guess_can_open(self, path: PathLike) -> bool:
         return read_head(path, len(NUMPY_MAGIC)) == NUMPY_MAGIC
 
+    def check_size(self, path: PathLike) -> None:
+        import os
+
+        with open(path, "rb") as fh:
+            shape, dtype, offset = _npy_header(fh, f"'{Path(path).name}'")
+        check_declared_size(path, [("the array", shape, dtype.itemsize)],
+                            stored_bytes=os.stat(path).st_size - offset)
+
     def open(self, path: PathLike, **options: Any) -> xr.Dataset:
         arr = _np_load(path)
         if arr.dtype.kind == "O":  # belt and braces: np.load already refuses these
@@ -73,6 +107,25 @@ class NpzReader(Reader):
             return False
         # any zip is not an npz: np.savez writes only <name>.npy members
         return bool(members) and all(m.endswith(".npy") for m in members)
+
+    def check_size(self, path: PathLike) -> None:
+        fname = Path(path).name
+        arrays = []
+        try:
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    where = f"array {info.filename[:-4]!r} of '{fname}'"
+                    with z.open(info) as fh:
+                        shape, dtype, offset = _npy_header(fh, where)
+                    n = int(np.prod(shape, dtype=object))
+                    if n * dtype.itemsize > info.file_size - offset:
+                        raise FormatError(f"{where} declares {n * dtype.itemsize} bytes but holds "
+                                          f"{max(info.file_size - offset, 0)}; the file is damaged: save it again")
+                    arrays.append((repr(info.filename[:-4]), shape, dtype.itemsize))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
+                RuntimeError) as exc:
+            raise FormatError(f"'{fname}' is a damaged .npz archive ({oneline(exc)}); save it again") from None
+        check_declared_size(path, arrays)
 
     def open(self, path: PathLike, **options: Any) -> xr.Dataset:
         with _np_load(path) as npz:

@@ -526,7 +526,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     n_max = int((status == STATUS_MAXITER).sum())
     if n_max or bad.any():
         warnings.warn(f"{n_max} pixel(s) stopped at max_iter={max_iter} (status 2) and "
-                      f"{int(bad.sum())} failed (status 5); see result.status", ConvergenceWarning,
+                      f"{int(bad.sum())} failed (status 5); see loop_status in results.nc (result.status in Python)", ConvergenceWarning,
                       stacklevel=3)
     fit = np.full((n, m), np.nan)
     ok = ~notfit

@@ -84,7 +84,7 @@ class ReportConfig(StageConfig):
     def validate(self) -> None:
         if not isinstance(self.title, str):
             self._fail("title", "a string", self.title)
-        self.check_number("max_explorer_pixels", lo=1, integer=True)
+        self.check_number("max_explorer_pixels", lo=1, hi=10_000_000, integer=True)
         self.check_number("explorer_digits", lo=2, hi=8, integer=True)
         if isinstance(self.explorer_channels, str) or not all(c in CHANNELS for c in self.explorer_channels):
             self._fail("explorer_channels", "a list of channel names from " + ", ".join(CHANNELS),
