@@ -232,3 +232,26 @@ def test_a_killed_run_loses_nothing(capsys, tmp_path, when):
         one_line_error(code, err, "already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killer.py", "o"]
     assert json.loads((out / _output.MARKER).read_text())["state"] == "complete"
+
+
+# -- `switchscope report` writes only into a run's folder, and keeps --force working ------------
+def test_report_command_keeps_the_folder_replaceable(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert run_cli(capsys, "run", "--out", out, "--stages", "clean,report", *SMALL)[0] == 0
+    (out / "report" / "index.html").unlink()
+    code, _, err = run_cli(capsys, "report", out)
+    assert code == 0, err
+    assert "report/index.html" in json.loads((out / _output.MARKER).read_text())["files"]
+    assert run_cli(capsys, "run", "--out", out, "--force", "--stages", "clean", *SMALL)[0] == 0
+
+
+def test_report_command_refuses_a_folder_switchscope_did_not_write(capsys, tmp_path):
+    from switchscope.io import save
+    from switchscope.synthetic import make_dataset
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    save(make_dataset(rows=2, cols=2), folder / "results.nc")
+    code, _, err = run_cli(capsys, "report", folder)
+    one_line_error(code, err, "did not write it")
+    assert sorted(p.name for p in folder.iterdir()) == ["results.nc"]

@@ -145,8 +145,14 @@ def load_config(path: str | Path) -> dict[str, StageConfig]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw tables of a TOML config file."""
     path = Path(path)
+    where = printable(repr(str(path)))
+    if not path.exists():
+        raise ConfigError(f"config file {where} does not exist; give the path of a TOML file")
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; give the path of a TOML file")
+        raise ConfigError(f"config file {where} is not a regular file; give the path of a TOML file")
+    if path.stat().st_size > 1_000_000:
+        raise ConfigError(f"config file {where} is {path.stat().st_size} bytes, far more than a TOML file of "
+                          "options; give the right file")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

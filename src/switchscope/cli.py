@@ -182,10 +182,20 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
+    from ._output import MARKER, files_in, locked, read_marker, write_marker
+
     out = Path(args.out)
     if not (out / "results.nc").is_file():
-        raise DataError(f"{str(out / 'results.nc')!r} not found; give the folder written by `switchscope run`")
-    page = build_report(out)
+        raise DataError(f"{printable(repr(str(out / 'results.nc')))} not found; give the folder written by "
+                        "`switchscope run`")
+    marker = read_marker(out)
+    if marker is None:
+        raise DataError(f"{printable(repr(str(out)))} has no {MARKER} file, so switchscope did not write it and "
+                        "will not write into it; give the folder written by `switchscope run`")
+    with locked(out.resolve()):
+        page = build_report(out)
+        # the page and any figure drawn now belong to the run: --force may replace them later
+        write_marker(out, run_id=marker["run_id"], state=marker.get("state", "complete"), files=files_in(out))
     print(f"wrote {page}")
     return 0
 

@@ -152,7 +152,7 @@ def hdf5_declared(path: PathLike, f: Any) -> None:
 
     try:
         f.visititems(visit)
-    except (RecursionError, RuntimeError, OSError, KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - HDF5 raises many types for damaged metadata
         raise FormatError(f"'{Path(path).name}' has a damaged HDF5 structure ({oneline(exc)}); "
                           "copy or save it again") from None
     size = os.stat(path).st_size

@@ -8,7 +8,11 @@ from typing import Any, Mapping
 
 import xarray as xr
 
-from .._errors import DataError, DataWarning, FormatError
+from .._errors import DataError, DataWarning, FormatError, SwitchscopeError
+from .._text import printable
+
+#: Ends the message of a read error no reader foresaw (the fuzz tests look for it).
+UNEXPECTED_READ_ERROR = "if it opens elsewhere, please report this"
 from ._base import PathLike, Reader, VoltageLike, check_regular_file, hdf5_offset, oneline
 from .matlab import MatV5Reader, MatV73Reader
 from .netcdf import NetCDFReader
@@ -117,8 +121,20 @@ def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | N
         else:
             warnings.warn(f"option {name}= does not apply to {reader.description} files; ignored",
                           DataWarning, stacklevel=2)
-    reader.check_size(path)
-    return reader.open(path, **options)
+    try:
+        reader.check_size(path)
+        return reader.open(path, **options)
+    except SwitchscopeError:
+        raise
+    except MemoryError:
+        raise DataError(f"'{printable(Path(path).name)}' does not fit in the memory available; use a machine "
+                        "with more memory") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file must end in one line, not a traceback
+        raise FormatError(
+            f"'{printable(Path(path).name)}' could not be read as {reader.description} "
+            f"({type(exc).__name__}: {oneline(exc)}); it is likely damaged: copy or save it again "
+            f"({UNEXPECTED_READ_ERROR})"
+        ) from None
 
 
 __all__ = ["READERS", "find_reader", "formats", "load"]

@@ -43,7 +43,12 @@ def parse_voltage(text: str | None) -> np.ndarray | str | None:
     if text is None or text == "paper":
         return text
     path = Path(text)
+    if path.exists() and not path.is_file():
+        raise DataError(f"the voltage file '{path}' is not a regular file; give a .npy array or a text file of volts")
     if path.is_file():
+        if path.stat().st_size > 50_000_000:
+            raise DataError(f"the voltage file '{path}' is {path.stat().st_size} bytes, far more than one voltage "
+                            "per step; give the right file")
         try:
             if path.suffix.lower() == ".npy":
                 v = np.load(path, allow_pickle=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,10 @@ import numpy as np
 import xarray as xr
 
 from .._errors import FormatError
+from ._mat5_check import check_mat5
 from ._base import (
     HEAD_BYTES,
+    available_memory,
     check_declared_size,
     hdf5_declared,
     MAT5_TEXT,
@@ -52,6 +53,8 @@ class MatV5Reader(Reader):
     def check_size(self, path: PathLike) -> None:
         import scipy.io
 
+        # scipy trusts the file's structure, and some damage crashes the process: check it first
+        check_mat5(path, budget=available_memory() // 2)
         try:
             variables = scipy.io.whosmat(path)
         except Exception as exc:  # noqa: BLE001 - scipy raises many types for damaged headers
@@ -67,8 +70,8 @@ class MatV5Reader(Reader):
 
         try:
             m = scipy.io.loadmat(path)
-        # scipy raises a mix of these for truncated or damaged files
-        except (OSError, ValueError, IndexError, TypeError, EOFError, zlib.error) as exc:
+        # scipy raises a mix of types for truncated or damaged files (even UnboundLocalError)
+        except Exception as exc:  # noqa: BLE001
             raise FormatError(
                 f"'{Path(path).name}' starts like a MATLAB v5 file but cannot be read ({oneline(exc)}); "
                 "it is truncated or corrupt: copy or export it again"
@@ -135,12 +138,16 @@ class MatV73Reader(Reader):
                 "it is truncated or corrupt: copy or save it again"
             ) from None
         with f:
-            names = [
-                k for k, obj in f.items()
-                if isinstance(obj, h5py.Dataset)
-                and _class_of(obj) in _NUMERIC_CLASSES
-                and "MATLAB_empty" not in obj.attrs
-            ]
+            try:
+                names = [
+                    k for k, obj in f.items()
+                    if isinstance(k, str) and isinstance(obj, h5py.Dataset)
+                    and _class_of(obj) in _NUMERIC_CLASSES
+                    and "MATLAB_empty" not in obj.attrs
+                ]
+            except Exception as exc:  # noqa: BLE001 - HDF5 raises many types for damaged metadata
+                raise FormatError(f"'{fname}' has damaged MATLAB v7.3 metadata ({oneline(exc)}); "
+                                  "copy or save it again") from None
 
             def get(key: str) -> np.ndarray:
                 try:

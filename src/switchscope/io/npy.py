@@ -31,7 +31,7 @@ def _npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
             shape, _, dtype = fmt.read_array_header_1_0(fh)
         else:
             shape, _, dtype = fmt.read_array_header_2_0(fh)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - the header is Python literal text; damage raises many types
         raise FormatError(f"{where} has a damaged NumPy header ({oneline(exc)}); save it again") from None
     if dtype.hasobject:
         raise DataError(f"{where} holds Python objects (pickle), which switchscope refuses to load; "
@@ -51,7 +51,7 @@ def _np_load(path: PathLike) -> Any:
                 "save a numeric array (np.save(path, np.asarray(x, dtype=float)))"
             ) from None
         raise FormatError(f"'{fname}' is a damaged NumPy file ({oneline(exc)}); save it again") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for damaged files
         raise FormatError(f"'{fname}' is a damaged NumPy file ({oneline(exc)}); save it again") from None
 
 
@@ -134,8 +134,8 @@ class NpzReader(Reader):
             def get(key: str) -> np.ndarray:
                 try:
                     return npz[key]
-                except ValueError as exc:
-                    if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                except Exception as exc:  # noqa: BLE001 - zip and numpy raise many types for damage
+                    if isinstance(exc, ValueError) and ("allow_pickle" in str(exc) or "Object arrays" in str(exc)):
                         raise DataError(
                             f"array {key!r} of '{Path(path).name}' holds Python objects (pickle), which "
                             "switchscope refuses to load; save numeric arrays"
