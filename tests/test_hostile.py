@@ -454,3 +454,10 @@ def test_mat5_structure_check_accepts_what_scipy_writes(tmp_path, compress):
     p.write_bytes(bytes(data[:-5]))  # cut inside the last element
     with pytest.raises(Exception, match="damaged MATLAB v5 file"):
         check_mat5(p, budget=10**9)
+
+
+def test_voltage_in_millivolts_is_refused(capsys, tmp_path):
+    ds = make_dataset(rows=3, cols=3, seed=1, artifacts=False)
+    p = tmp_path / "mv.npz"
+    np.savez(p, piezoresponse=ds["piezoresponse"].values, voltage=ds["voltage"].values * 1000)
+    one_line_error(*run_cli(capsys, "info", p)[::2], "divide by 1000")

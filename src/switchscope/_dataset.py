@@ -29,6 +29,10 @@ def check_channel(name: str) -> str:
     return name
 
 
+#: Largest DC voltage magnitude accepted (BEPS waveforms stay within a few hundred volts).
+MAX_ABS_VOLTAGE = 10_000.0
+
+
 def check_voltage(voltage: Any, n_steps: int) -> np.ndarray:
     """Voltage as a finite 1-D float array of length ``n_steps``."""
     v = np.asarray(voltage)
@@ -42,6 +46,9 @@ def check_voltage(voltage: Any, n_steps: int) -> np.ndarray:
         )
     if not np.all(np.isfinite(v)):
         raise DataError("the voltage holds NaN or Inf values; give a finite voltage for every step")
+    if v.size and float(np.abs(v).max()) > MAX_ABS_VOLTAGE:
+        raise DataError(f"the voltage reaches {float(np.abs(v).max()):.3g} V, beyond the {MAX_ABS_VOLTAGE:.0f} V "
+                        "of any BEPS waveform; give volts (data in mV: divide by 1000)")
     return v
 
 
