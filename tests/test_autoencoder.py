@@ -413,7 +413,7 @@ def _small_dataset(rows=6, cols=7, steps=20):
 
 
 def test_stage_adds_variables_models_summary_and_figures(tmp_path):
-    from switchscope._context import RunContext
+    from switchscope.stages import RunContext
     from switchscope.autoencoder.stage import stage
 
     ds = _small_dataset()
@@ -456,7 +456,7 @@ def test_stage_adds_variables_models_summary_and_figures(tmp_path):
 
 
 def test_stage_prefers_clean_and_respects_normalized_flag(tmp_path):
-    from switchscope._context import RunContext
+    from switchscope.stages import RunContext
     from switchscope.autoencoder.stage import stage
 
     ds = _small_dataset()
@@ -472,7 +472,7 @@ def test_stage_prefers_clean_and_respects_normalized_flag(tmp_path):
 
 
 def test_stage_nan_error_names_the_pixel(tmp_path):
-    from switchscope._context import RunContext
+    from switchscope.stages import RunContext
     from switchscope.autoencoder.stage import stage
 
     ds = _small_dataset()
@@ -484,7 +484,7 @@ def test_stage_nan_error_names_the_pixel(tmp_path):
 def test_stage_on_real_resonance_subset(real_resonance, tmp_path):
     """The real normalized resonance loops (a 10 x 10 corner, 96 steps) go through the stage."""
     from switchscope import make_dataset
-    from switchscope._context import RunContext
+    from switchscope.stages import RunContext
     from switchscope.autoencoder.stage import stage
 
     grid = real_resonance.reshape(60, 60, 96)[:10, :10]
@@ -502,7 +502,7 @@ def test_stage_on_real_resonance_subset(real_resonance, tmp_path):
 def test_stage_pretrained_paper_uses_the_published_network(real_resonance, keras_dir, tmp_path):
     pytest.importorskip("switchscope.autoencoder.keras")
     from switchscope import make_dataset
-    from switchscope._context import RunContext
+    from switchscope.stages import RunContext
     from switchscope.autoencoder.keras import load_pretrained
     from switchscope.autoencoder.stage import stage
 

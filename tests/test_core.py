@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from switchscope import ConfigError, DataError, StageConfig, flatten, make_dataset, unflatten
-from switchscope._config import configs_from_mapping, load_config, register
+from switchscope.stages import configs_from_mapping, load_config, register
 
 
 @given(rows=st.integers(1, 7), cols=st.integers(1, 7), steps=st.integers(1, 9))

@@ -15,8 +15,8 @@ from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
 from switchscope import ConfigError, DataError, DataWarning, NotFittedError, make_dataset
-from switchscope._config import STAGE_CONFIGS
-from switchscope._context import RunContext
+from switchscope.stages import STAGE_CONFIGS
+from switchscope.stages import RunContext
 from switchscope.decomposition import (
     DecompositionConfig,
     DivisiveKMeans,

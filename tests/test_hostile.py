@@ -154,7 +154,7 @@ def test_every_numeric_option_is_bounded():
     """Each stage option that is a number has an upper bound: a huge value is refused."""
     import dataclasses
 
-    from switchscope._config import STAGE_CONFIGS
+    from switchscope.stages import STAGE_CONFIGS
     from switchscope._errors import ConfigError
     from switchscope.cli import _import_stage_modules
 
@@ -384,7 +384,7 @@ def test_training_bar_shows_the_time_budget(capsys):
 
 
 def test_published_network_inference_shows_progress(capsys, tmp_path, keras_dir, monkeypatch):
-    from switchscope._context import RunContext
+    from switchscope.stages import RunContext
     from switchscope.autoencoder.stage import _pretrained
 
     monkeypatch.setenv("SWITCHSCOPE_PRETRAINED_DIR", str(keras_dir))

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from switchscope import ConfigError, DataError, DataWarning
-from switchscope._context import RunContext
+from switchscope.stages import RunContext
 from switchscope.interpret import (
     InterpretConfig,
     active_neurons,

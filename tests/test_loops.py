@@ -11,7 +11,7 @@ from scipy.optimize import least_squares
 from scipy.special import erf, erfinv
 
 from switchscope import ConfigError, ConvergenceWarning, DataError, DataWarning, make_dataset
-from switchscope._context import RunContext
+from switchscope.stages import RunContext
 from switchscope.loops import (MODELS, LoopsConfig, bglib9, fit_loops, fit_loops_dataset,
                                levenberg_marquardt, loop_metrics, paper13, stage, sweep_masks)
 
@@ -513,7 +513,7 @@ def test_input_errors():
         fit_loops(y, V_PAPER[:95])
     with pytest.raises(ConfigError, match="unknown loop model 'x'; valid models are: paper13, bglib9"):
         fit_loops(y, V_PAPER, model="x")
-    with pytest.raises(ConfigError, match="fit_loops: max_iter must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"\[loops\] max_iter must be an integer >= 1 and <= 100000, got 0"):
         fit_loops(y, V_PAPER, max_iter=0)
     with pytest.raises(ConfigError, match=r"\[loops\] model must be one of"):
         LoopsConfig(model="nine")

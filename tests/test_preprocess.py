@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 from scipy.signal import savgol_filter
 
-from switchscope._config import STAGE_CONFIGS, configs_from_mapping
-from switchscope._context import RunContext
+from switchscope.stages import STAGE_CONFIGS, configs_from_mapping
+from switchscope.stages import RunContext
 from switchscope._dataset import make_dataset
 from switchscope._errors import ConfigError, DataError, DataWarning
 from switchscope.preprocess import (

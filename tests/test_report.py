@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from switchscope import ConfigError, DataError, make_dataset
-from switchscope._context import RunContext
+from switchscope.stages import RunContext
 from switchscope.interpret import InterpretConfig, interpret_stage
 from switchscope.report import ReportConfig, build_report, report_stage
 from switchscope.report.html import _script_json, explorer_payload

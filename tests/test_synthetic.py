@@ -9,8 +9,8 @@ from scipy.optimize import least_squares
 from scipy.special import erf
 
 from switchscope import ConfigError, DataError
-from switchscope._config import STAGE_CONFIGS
-from switchscope._context import RunContext
+from switchscope.stages import STAGE_CONFIGS
+from switchscope.stages import RunContext
 from switchscope.synthetic import (
     TRUTH_MAPS,
     SyntheticConfig,

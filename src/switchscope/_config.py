@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+
+import numpy as np
 
 from ._errors import ConfigError
 from ._text import printable
@@ -72,7 +75,7 @@ class StageConfig:
         if hi is not None:
             bounds.append(f"<= {hi}")
         allowed = kind + (" " + " and ".join(bounds) if bounds else "")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             self._fail(name, allowed, value)
         if integer and not float(value).is_integer():
             self._fail(name, allowed, value)

@@ -79,11 +79,11 @@ def _configs(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | No
 def _import_stage_modules() -> None:
     import importlib
 
-    from .pipeline import STAGES
+    from .stages import STAGES
 
-    for module, _ in STAGES.values():
+    for stage in STAGES.values():
         try:
-            importlib.import_module(module)
+            importlib.import_module(stage.module)
         except ModuleNotFoundError as exc:  # a stage not installed in this build
             if not exc.name or not exc.name.startswith("switchscope"):
                 raise
@@ -229,7 +229,7 @@ def _add_synthetic_options(p: argparse.ArgumentParser) -> None:
 
 
 def _stage_names() -> str:
-    from .pipeline import STAGES
+    from .stages import STAGES
 
     return ", ".join(STAGES)
 

@@ -20,46 +20,24 @@ import xarray as xr
 
 from ._config import STAGE_CONFIGS, StageConfig
 from ._context import RunContext
+from .stages import STAGES, StageFn, get_stage
 from ._dataset import channels_in
 from ._errors import ConfigError
 from ._text import printable
 from ._json import json_safe, write_json  # noqa: F401 (re-exported)
 from ._output import begin, check_output_folder, check_output_place, commit, discard, locked, recover
 
-#: Stage name -> (module, function). The order is the order of a run.
-STAGES: dict[str, tuple[str, str]] = {
-    "clean": ("switchscope.preprocess", "stage"),
-    "loops": ("switchscope.loops", "stage"),
-    "decomposition": ("switchscope.decomposition", "stage"),
-    "autoencoder": ("switchscope.autoencoder.stage", "stage"),
-    "interpret": ("switchscope.interpret", "interpret_stage"),
-    "score": ("switchscope.synthetic", "score_stage"),
-    "report": ("switchscope.report", "report_stage"),
-}
-
-#: Stages whose configuration section has another name than the stage.
-SECTIONS: dict[str, str] = {"score": "synthetic"}
-
-StageFn = Callable[[xr.Dataset, StageConfig, RunContext], xr.Dataset]
-
-
 def stage_function(name: str) -> StageFn:
     """The function of stage ``name`` (imported on first use)."""
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
-    module, attr = STAGES[name]
-    return getattr(importlib.import_module(module), attr)
+    return get_stage(name).run
 
 
 def stage_config(name: str, configs: Mapping[str, StageConfig]) -> StageConfig:
     """The configuration of stage ``name``: the one given, else the stage's defaults."""
-    section = SECTIONS.get(name, name)
-    if section in configs:
-        return configs[section]
-    stage_function(name)  # importing the stage's module registers its config class
-    if section not in STAGE_CONFIGS:
-        raise ConfigError(f"stage {name!r} has no registered configuration")
-    return STAGE_CONFIGS[section]()
+    stage = get_stage(name)
+    if stage.section in configs:
+        return configs[stage.section]
+    return stage.default_config()
 
 
 def parse_stages(spec: str | None) -> list[str]:

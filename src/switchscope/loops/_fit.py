@@ -200,23 +200,11 @@ def _resolve_input(data: Any, voltage: Any, channel: str | None):
 
 def _check_options(n_clusters, max_iter, ftol, xtol, chunk_size, nucleation_fraction,
                    race_iter) -> None:
-    def bad(name, allowed, value):
-        raise ConfigError(f"fit_loops: {name} must be {allowed}, got {value!r}")
+    """The checks of the ``[loops]`` options (one validator for the API and the configuration)."""
+    from ._options import LoopsConfig
 
-    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 0:
-        bad("n_clusters", "an integer >= 0", n_clusters)
-    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
-        bad("max_iter", "an integer >= 1", max_iter)
-    for name, val in (("ftol", ftol), ("xtol", xtol)):
-        if not isinstance(val, (int, float)) or not (0 < val < 1):
-            bad(name, "a number in (0, 1)", val)
-    if race_iter is not None and (not isinstance(race_iter, (int, np.integer))
-                                  or isinstance(race_iter, bool) or race_iter < 1):
-        bad("race_iter", "an integer >= 1 or None", race_iter)
-    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-        bad("chunk_size", "an integer >= 1", chunk_size)
-    if not isinstance(nucleation_fraction, (int, float)) or not (0 < nucleation_fraction < 0.5):
-        bad("nucleation_fraction", "a number in (0, 0.5)", nucleation_fraction)
+    LoopsConfig(n_clusters=n_clusters, max_iter=max_iter, ftol=ftol, xtol=xtol, chunk_size=chunk_size,
+                nucleation_fraction=nucleation_fraction, race_iter=race_iter)
 
 
 def _inside(p: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
