@@ -426,9 +426,14 @@ def test_stage_writes_summary_and_figures(tmp_path: Path):
     json.dumps(s)  # JSON-serialisable
     assert s["seed"] == 5 and len(s["pca_explained_variance_ratio"]) == 6
     assert sum(s["divisive_top_sizes"]) == 400
-    for name in ("pca", "nmf", "clusters_divisive", "clusters_kmeans_pca"):
-        png = ctx.figures / f"{name}.png"
-        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "report").exists()  # the stage computes; the report draws
+    from switchscope.report.figures import decomposition as figures
+
+    drawn = figures.draw(out, tmp_path)
+    assert {p.name for _, p in drawn} == {f"{n}.png" for n in ("pca", "nmf", "clusters_divisive",
+                                                                 "clusters_kmeans_pca")}
+    for _, png in drawn:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cluster_divisive" in out and "cluster_divisive" not in ds
     # the same config and seed give the same labels
     with warnings.catch_warnings():
@@ -438,7 +443,7 @@ def test_stage_writes_summary_and_figures(tmp_path: Path):
 
 
 def test_figures_need_decomposition_results(tmp_path):
-    from switchscope.report.figures_decomposition import plot_clusters, plot_pca
+    from switchscope.report.figures.decomposition import plot_clusters, plot_pca
 
     ds = make_dataset({"piezoresponse": np.zeros((3, 3, 8))}, np.arange(8))
     with pytest.raises(DataError, match="run switchscope.decomposition.decompose_dataset first"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -247,15 +248,16 @@ def test_interpret_stage_adds_contract_variables(tmp_path):
     Wp = np.random.default_rng(1).normal(size=(4, 10))
     Wr = np.random.default_rng(2).normal(size=(4, 10))
     ctx = RunContext(workdir=tmp_path)
-    ctx.artifacts = {"decoder_piezoresponse": lambda z: z @ Wp, "decoder_resonance": lambda z: 1300 + z @ Wr}
-    cfg = InterpretConfig(n_pixels=4, n_levels=3, movie_fps=2.0)
-    out = interpret_stage(ds, cfg, ctx)
+    decoders = {"piezoresponse": lambda z: z @ Wp, "resonance": lambda z: 1300 + z @ Wr}
+    cfg = InterpretConfig(n_pixels=4, n_levels=3)
+    with mock.patch("switchscope.interpret.load_decoder", lambda ch, ds, ctx: decoders.get(ch)):
+        out = interpret_stage(ds, cfg, ctx)
     assert set(ds.data_vars) < set(out.data_vars) and "generated_piezoresponse" not in ds
 
     g = out["generated_piezoresponse"]
     assert g.dims == ("neuron", "level", "step") and g.shape == (4, 3, 10)
     assert out["generated_piezoresponse_level"].dims == ("neuron", "level")
-    ref = generate(ctx.artifacts["decoder_piezoresponse"], ds["embedding_piezoresponse"].values,
+    ref = generate(decoders["piezoresponse"], ds["embedding_piezoresponse"].values,
                    n_pixels=4, n_levels=3)
     np.testing.assert_allclose(g.values, ref.curves)
     np.testing.assert_array_equal(out["generated_piezoresponse_pixels"].values, ref.pixels)
@@ -271,7 +273,12 @@ def test_interpret_stage_adds_contract_variables(tmp_path):
     assert s["channels"]["piezoresponse"]["best_truth"]["0"] == {"truth": "coercive_pos", "rho": 1.0}
     assert s["channels"]["piezoresponse"]["most_separating_neuron"] == 1
 
-    figs = {p.name for p in ctx.figures.glob("*.png")}
+    # the stage computes only; the report draws figures and movies from its results
+    assert not (tmp_path / "report").exists()
+    from switchscope.report.figures import draw_figures
+
+    drawn = draw_figures(out, tmp_path / "report", run_dir=tmp_path, fps=2.0)
+    figs = {p.name for pairs in drawn.values() for _, p in pairs}
     assert {"embedding_piezoresponse.png", "generated_piezoresponse.png",
             "generated_piezoresponse_from_resonance.png"} <= figs
     import imageio.v2 as iio2
@@ -285,7 +292,7 @@ def test_interpret_stage_adds_contract_variables(tmp_path):
     mp4 = ctx.movies / "generator_piezoresponse.mp4"
     with iio2.get_reader(mp4) as reader:
         assert sum(1 for _ in reader) == 3
-    assert sorted(s["movies"]) == sorted(p.name for p in ctx.movies.iterdir())
+    assert sorted(p.name for p in ctx.movies.iterdir()) == sorted(f for f in figs if f.endswith((".gif", ".mp4")))
 
 
 def test_interpret_stage_without_decoder_warns_and_still_labels(tmp_path):
@@ -293,9 +300,9 @@ def test_interpret_stage_without_decoder_warns_and_still_labels(tmp_path):
     ctx = RunContext(workdir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
-        with pytest.raises(DataWarning, match="no decoder for 'piezoresponse'"):
-            interpret_stage(ds, InterpretConfig(movies=False), ctx)
+        with pytest.raises(DataWarning, match="no saved network for 'piezoresponse'"):
+            interpret_stage(ds, InterpretConfig(), ctx)
     with pytest.warns(DataWarning):
-        out = interpret_stage(ds, InterpretConfig(movies=False, channels=("piezoresponse",)), ctx)
+        out = interpret_stage(ds, InterpretConfig(channels=("piezoresponse",)), ctx)
     assert "generated_piezoresponse" not in out
     assert "mechanism_truth_piezoresponse" in out

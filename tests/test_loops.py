@@ -635,12 +635,21 @@ def test_stage_adds_variables_summary_and_figures(tmp_path):
     assert s["n_pixels"] == 12 and s["median_r2"] > 0.99 and s["model"] == "paper13"
     import json
     json.dumps(s)
-    for png in ("loop_maps.png", "loop_examples.png"):
-        assert (ctx.figures / png).stat().st_size > 1000
+    assert not (tmp_path / "report").exists()  # the stage computes; the report draws
+    from switchscope.report.figures import loops as figures
+
+    assert out["loop_fit"].attrs["fitted_variable"] in ds
+    drawn = figures.draw(out, tmp_path)
+    assert [p.name for _, p in drawn] == ["loop_maps.png", "loop_examples.png"]
+    assert all(p.stat().st_size > 1000 for _, p in drawn)
+    # the result rebuilt from the variables is the one the stage computed
+    res = figures.result_from_dataset(out)
+    np.testing.assert_array_equal(res.r2, out["loop_r2"].values.ravel())
+    assert res.model == "paper13" and res.grid == (ds.sizes["row"], ds.sizes["col"])
 
 
 def test_example_pixels_include_the_worst():
-    from switchscope.report.figures_loops import example_pixels
+    from switchscope.report.figures.loops import example_pixels
 
     r2 = np.array([0.9, 0.5, np.nan, 0.99, 0.7, 0.95])
     idx = example_pixels(r2, 3)

@@ -4,12 +4,10 @@ output at a time, and a run killed at any moment leaves earlier results intact o
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -70,10 +68,11 @@ def test_force_refuses_a_folder_switchscope_did_not_write(capsys, tmp_path):
 def test_force_refuses_a_run_folder_with_a_user_file(capsys, tmp_path):
     out = tmp_path / "o"
     assert run_cli(capsys, "run", "--out", out, "--stages", "clean", *SMALL)[0] == 0
-    (out / "report" / "my-figure.svg").write_text("<svg/>")
+    (out / "figures").mkdir()
+    (out / "figures" / "my-figure.svg").write_text("<svg/>")
     code, _, err = run_cli(capsys, "run", "--out", out, "--force", "--stages", "clean", *SMALL)
     one_line_error(code, err, "my-figure.svg")
-    assert (out / "report" / "my-figure.svg").exists()
+    assert (out / "figures" / "my-figure.svg").exists()
 
 
 def test_force_replaces_a_run_folder(capsys, tmp_path):

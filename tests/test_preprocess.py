@@ -390,11 +390,11 @@ def test_stage_summary_and_figure(tmp_path, real_raw_loops):
     assert s["piezoresponse"]["norm_std"] == pytest.approx(
         float(out["piezoresponse_clean"].std()), rel=1e-9)
     assert s["seconds"] >= 0
-    png = ctx.figures / "clean.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ctx2 = RunContext(workdir=tmp_path / "nofig")
-    stage(ds, CleanConfig(figures=False), ctx2)
-    assert not (tmp_path / "nofig" / "report" / "figures" / "clean.png").exists()
+    assert not (tmp_path / "report").exists()  # the stage computes; the report draws
+    from switchscope.report.figures import clean as figures
+
+    (section, png), = figures.draw(out, tmp_path)
+    assert section == "cleaning" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_outlier_ties_go_to_the_later_steps():

@@ -65,10 +65,11 @@ def fake_results(rows=12, cols=10, n_steps=32, n_neurons=6, seed=0, attrs=None):
 
 def make_run(outdir: Path, *, attrs=None, movies=False, rows=12, cols=10, figures=()) -> xr.Dataset:
     """Run interpret + report into ``outdir`` the way the pipeline does; write results.nc."""
+    from unittest import mock
+
     ds, W = fake_results(rows=rows, cols=cols, attrs=attrs)
     ctx = RunContext(workdir=outdir)
-    ctx.artifacts = {"decoder_piezoresponse": lambda z: 1e-5 * (z @ W),
-                     "decoder_resonance": lambda z: 1320 + z @ W}
+    decoders = {"piezoresponse": lambda z: 1e-5 * (z @ W), "resonance": lambda z: 1320 + z @ W}
     ctx.summary["timings_s"] = {"clean": 0.5, "loops": 1.25}
     ctx.summary["dataset"] = {"source": "fake"}
     for name in figures:  # stand-ins for PNGs other stages write
@@ -78,10 +79,11 @@ def make_run(outdir: Path, *, attrs=None, movies=False, rows=12, cols=10, figure
         ax.plot([0, 1], [1, 0])
         fig.savefig(ctx.figures / name)
         plt.close(fig)
-    ds = interpret_stage(ds, InterpretConfig(n_pixels=5, n_levels=4, movies=movies), ctx)
+    with mock.patch("switchscope.interpret.load_decoder", lambda ch, ds, ctx: decoders.get(ch)):
+        ds = interpret_stage(ds, InterpretConfig(n_pixels=5, n_levels=4), ctx)
     ds.to_netcdf(outdir / "results.nc", engine="h5netcdf")
     (outdir / "summary.json").write_text(json.dumps(ctx.summary, default=str))
-    ds = report_stage(ds, ReportConfig(), ctx)
+    ds = report_stage(ds, ReportConfig(movies=movies), ctx)
     return ds
 
 
@@ -165,12 +167,16 @@ def test_report_page_sections_and_figures(run_dir):
     assert srcs and all((index.parent / s).is_file() for s in srcs)
     figs = {p.name for p in (index.parent / "figures").glob("*.png")}
     assert {Path(s).name for s in srcs} == figs
-    # the helper's loop figure exists, so no fallback overview is drawn for that group
-    assert "loops_examples.png" in figs and "loops_overview.png" not in figs
-    assert "decomposition_overview.png" not in figs
-    loops = page[page.index('<section id="loops">'):]
-    assert loops.index("loops_examples.png") < loops.index('<section id="decomposition">')
-    assert page.index("mystery.png") > page.index('<section id="other">')
+    # each drawn figure sits in the section of the stage that drew it ...
+    for name, sid, nxt in (("clean.png", "cleaning", "loops"), ("clusters_divisive.png", "decomposition",
+                                                                 "reconstruction"),
+                           ("embedding_resonance.png", "embedding", "cross")):
+        section = page[page.index(f'<section id="{sid}">'):page.index(f'<section id="{nxt}">')]
+        assert f"figures/{name}" in section, name
+    # ... and PNGs the report did not draw (a user's, or stand-ins here) under "Other figures"
+    other = page[page.index('<section id="other">'):]
+    for name in ("loops_examples.png", "pca_components.png", "mystery.png"):
+        assert f"figures/{name}" in other, name
     # offline: nothing refers to the network
     assert not re.search(r'(src|href)="(https?:)?//', page) and "url(http" not in page
     assert "<th>1.25</th>" not in page and "<td>1.25</td>" in page  # timings table
@@ -219,7 +225,7 @@ def test_build_report_errors(tmp_path):
     with pytest.raises(DataError, match="no results.nc in"):
         build_report(tmp_path)
     (tmp_path / "results.nc").write_bytes(b"not netcdf")
-    with pytest.raises(DataError, match="cannot read .*results.nc"):
+    with pytest.raises(DataError, match="results.nc.* is not in a format switchscope reads"):
         build_report(tmp_path)
     ds, _ = fake_results(rows=3, cols=2)
     ds.to_netcdf(tmp_path / "results.nc", engine="h5netcdf")

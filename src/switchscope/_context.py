@@ -34,9 +34,16 @@ class RunContext:
     device: str = "auto"
     pretrained: str | None = None
     progress: bool = True
-    #: In-memory objects handed from one stage to a later one (e.g. ``decoder_<channel>``, a
-    #: callable ``(n, n_neurons) -> (n, n_steps)`` in the units of ``<channel>_clean``).
-    artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Folder of the input file, where saved results keep their ``models/`` (``--stages interpret``
+    #: on a ``results.nc`` finds its networks there); None for in-memory or synthetic data.
+    input_dir: Path | None = None
+
+    def models_dirs(self) -> list[Path]:
+        """Where saved networks are looked for: the run's ``models/``, then the input's."""
+        dirs = [Path(self.workdir) / "models"]
+        if self.input_dir is not None:
+            dirs.append(Path(self.input_dir) / "models")
+        return dirs
 
     @property
     def figures(self) -> Path:

@@ -35,6 +35,8 @@ from ._text import printable
 
 #: The file in every folder switchscope writes (JSON: run id, state, files written).
 MARKER = ".switchscope-run"
+#: Global attribute of every NetCDF file switchscope writes (only such files are replaced).
+WRITER_ATTR = "switchscope_writer"
 
 _rename = os.replace  # one name for the swap's renames (the kill tests interrupt it)
 
@@ -280,10 +282,29 @@ def discard(work: Path) -> None:
 
 # -- single output files ----------------------------------------------------------------------
 
+def written_by_switchscope(path: str | Path) -> bool:
+    """True when ``path`` is a NetCDF file that switchscope wrote (it carries :data:`WRITER_ATTR`)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return False
+    if not any(head[o:o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512)):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            mark = f.attrs.get(WRITER_ATTR)
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    if isinstance(mark, bytes):
+        mark = mark.decode("utf-8", "replace")
+    return isinstance(mark, str) and mark.startswith("switchscope")
+
+
 def check_output_file(path: str | Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
     """Refuse, with one line, an output file that may not be written."""
-    from .io.netcdf import written_by_switchscope
-
     path = Path(path)
     for item in inputs:
         if item is not None and Path(item).exists() and path.exists() and Path(item).resolve() == path.resolve():

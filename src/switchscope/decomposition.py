@@ -1022,21 +1022,13 @@ def decompose_dataset(ds: xr.Dataset, config: DecompositionConfig | None = None,
 
 
 def stage(ds: xr.Dataset, config: DecompositionConfig, ctx: RunContext) -> xr.Dataset:
-    """Pipeline stage ``decomposition``: :func:`decompose_dataset`, summary and figures.
+    """Pipeline stage ``decomposition``: :func:`decompose_dataset` and its summary.
 
-    Adds ``ctx.summary["decomposition"]`` and writes ``pca.png``, ``nmf.png``,
+    Adds ``ctx.summary["decomposition"]``; the report draws ``pca.png``, ``nmf.png``,
     ``clusters_divisive.png`` and ``clusters_kmeans_pca.png`` (plus ``_<channel>`` versions for
-    extra channels) to ``ctx.figures``.
+    extra channels) from the results.
     """
     summary: dict[str, Any] = {}
     out = decompose_dataset(ds, config, seed=ctx.seed, summary=summary)
     ctx.summary["decomposition"] = summary
-    from .report.figures_decomposition import plot_all
-
-    figures = []
-    for ch in (config.channel, *config.extra_channels):
-        suffix = "" if ch == config.channel else f"_{ch}"
-        if f"pca_scores{suffix}" in out:
-            figures += plot_all(out, ctx.figures, suffix=suffix)
-    summary["figures"] = [p.name for p in figures]
     return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -397,11 +398,56 @@ def pixels_per_level(n_pixels: int, n_valid: int) -> int:
     return int(max(1, min(n_pixels, n_valid // 4)))
 
 
+def load_decoder(channel: str, ds: xr.Dataset, ctx: RunContext) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The decoder of the network saved for ``channel``, in the units of ``<channel>_clean``.
+
+    Looks in ``ctx.models_dirs()`` (the run's ``models/``, then the input's). A network found only
+    beside the input is copied into the run's ``models/``, so the run's folder stays complete.
+    Returns None when no network was saved (or the embedding lacks its normalization).
+    """
+    import json
+    import shutil
+
+    emb = ds.get(f"embedding_{channel}")
+    if emb is None or "norm_mean" not in emb.attrs or "norm_std" not in emb.attrs:
+        return None
+    for folder in ctx.models_dirs():
+        d = Path(folder) / channel
+        if (d / "config.json").is_file():
+            break
+    else:
+        return None
+    own = Path(ctx.workdir) / "models" / channel
+    if d.resolve() != own.resolve():
+        own.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(d, own, dirs_exist_ok=True)
+    try:
+        meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{str(d / 'config.json')!r} cannot be read ({exc}); run the autoencoder stage again") from None
+    if isinstance(meta, dict) and meta.get("source") == "paper":
+        from .autoencoder.keras import load_pretrained
+
+        decode_n = load_pretrained(channel).decode
+    else:
+        from .autoencoder import Autoencoder
+
+        decode_n = Autoencoder.load(d).decode
+    mean, std = float(np.ravel(emb.attrs["norm_mean"])[0]), float(np.ravel(emb.attrs["norm_std"])[0])
+
+    def decode(Z: np.ndarray) -> np.ndarray:
+        return np.asarray(decode_n(np.asarray(Z, dtype=np.float64)), dtype=np.float64) * std + mean
+
+    return decode
+
+
 def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) -> xr.Dataset:
     """Pipeline stage: generator, cross-channel generation, mechanism labels, figures, movies.
 
-    Needs ``embedding_<channel>`` (row, col, neuron) and, for generation, the decoder callable
-    ``ctx.artifacts["decoder_<channel>"]`` (curves in the units of ``<channel>_clean``).
+    Needs ``embedding_<channel>`` (row, col, neuron) and, for generation, the network saved in
+    ``models/<channel>`` of the run (or of the folder the input results came from): a trained
+    autoencoder, or a note that the published network was used. Computes only; the report draws
+    the generated loops and the movies.
 
     Adds ``generated_<channel>`` (neuron, level, step) with coordinate
     ``generated_<channel>_level`` (neuron, level), ``generated_<channel>_pixels`` (neuron, level,
@@ -409,9 +455,6 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
     ``mechanism_truth_<channel>`` (neuron, truth) Spearman rho, ``mechanism_cluster_eta2_<channel>``
     and ``mechanism_cluster_f_<channel>`` (neuron).
     """
-    from .report import figures
-
-    artifacts = getattr(ctx, "artifacts", None) or {}
     new: dict[str, xr.DataArray] = {}
     summary: dict[str, Any] = {"n_pixels": config.n_pixels, "n_levels": config.n_levels, "channels": {}}
     value_range = config.range
@@ -424,9 +467,9 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
         Z = _embedding_2d(emb.transpose("row", "col", ...).values)
         act = active_neurons(Z)
         info: dict[str, Any] = {"active_neurons": [int(i) for i in np.flatnonzero(act)]}
-        decoder = artifacts.get(f"decoder_{ch}")
+        decoder = load_decoder(ch, ds, ctx)
         if decoder is None:
-            warnings.warn(f"no decoder for {ch!r} in the run (ctx.artifacts['decoder_{ch}']); "
+            warnings.warn(f"no saved network for {ch!r} (models/{ch} of the run or of the input's folder); "
                           "its generated loops are skipped", DataWarning, stacklevel=2)
         elif act.any():
             n_use = pixels_per_level(config.n_pixels, int(np.isfinite(Z).all(axis=1).sum()))
@@ -465,10 +508,11 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
                 info["max_cluster_eta2"] = round(float(np.nanmax(sep["eta2"])), 4)
         summary["channels"][ch] = info
 
-    if (config.cross_channel and "resonance" in pixels_of and "embedding_piezoresponse" in ds
-            and "decoder_piezoresponse" in artifacts):
+    decode_p = load_decoder("piezoresponse", ds, ctx) if (
+        config.cross_channel and "resonance" in pixels_of and "embedding_piezoresponse" in ds) else None
+    if decode_p is not None:
         Zp = _embedding_2d(ds["embedding_piezoresponse"].transpose("row", "col", ...).values)
-        cross = cross_generate(artifacts["decoder_piezoresponse"], Zp, pixels_of["resonance"])
+        cross = cross_generate(decode_p, Zp, pixels_of["resonance"])
         units = ds["piezoresponse_clean"].attrs.get("units", "a.u.") if "piezoresponse_clean" in ds else "a.u."
         new["generated_piezoresponse_from_resonance"] = _generated_var(
             "generated_piezoresponse_from_resonance", cross,
@@ -478,8 +522,4 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
 
     out = ds.assign(new)
     ctx.summary["interpret"] = summary
-    figures.interpretation_figures(out, ctx.figures)
-    if config.movies:
-        made = figures.interpretation_movies(out, ctx.movies, fps=config.movie_fps)
-        summary["movies"] = [p.name for p in made]
     return out

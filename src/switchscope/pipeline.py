@@ -9,9 +9,7 @@ interrupted run never destroys earlier results and never leaves a half-written f
 from __future__ import annotations
 
 import importlib
-import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -165,10 +163,11 @@ def run(
         load_seconds = time.perf_counter() - t0
         names = preflight(ds, names, configs, explicit=stages is not None, device=device,
                           pretrained=pretrained, log=log)
+        input_dir = Path(inputs[0]).resolve().parent if inputs else None
         work, run_id = begin(resolved)
         try:
             ds = _run_stages(ds, names, configs, work, seed=seed, device=device, pretrained=pretrained,
-                             progress=progress, log=log, load_seconds=load_seconds)
+                             progress=progress, log=log, load_seconds=load_seconds, input_dir=input_dir)
             commit(work, resolved, run_id)
         except BaseException:
             discard(work)
@@ -220,8 +219,9 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
 
 def _run_stages(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfig], work: Path, *,
                 seed: int, device: str, pretrained: str | None, progress: bool,
-                log: Callable[[str], None], load_seconds: float) -> xr.Dataset:
-    ctx = RunContext(workdir=work, seed=seed, device=device, pretrained=pretrained, progress=progress)
+                log: Callable[[str], None], load_seconds: float, input_dir: Path | None = None) -> xr.Dataset:
+    ctx = RunContext(workdir=work, seed=seed, device=device, pretrained=pretrained, progress=progress,
+                     input_dir=input_dir)
     ctx.summary["dataset"] = {
         "source": str(ds.attrs.get("source", "synthetic")),
         "grid": [int(ds.sizes.get("row", 0)), int(ds.sizes.get("col", 0))],

@@ -73,7 +73,7 @@ class CleanConfig(StageConfig):
     channels : tuple of str, optional
         Channels to clean; None cleans every channel present.
     figures : bool
-        Let :func:`stage` write ``clean.png`` (raw and cleaned curves of the most repaired pixels).
+        Let the report draw ``clean.png`` (raw and cleaned curves of the most repaired pixels).
     """
 
     savgol_window: int = 7
@@ -533,11 +533,10 @@ def clean(data: Any, config: CleanConfig | Mapping[str, Any] | None = None, *,
 # pipeline stage
 # ------------------------------------------------------------------------------------------------
 def stage(ds: xr.Dataset, config: CleanConfig, ctx: RunContext) -> xr.Dataset:
-    """Pipeline stage ``clean``: :func:`clean` on every channel, key numbers, one figure.
+    """Pipeline stage ``clean``: :func:`clean` on every channel, and key numbers.
 
     Adds ``ctx.summary["clean"] = {"seconds": ..., "<channel>": {n_nonfinite, n_out_of_range,
-    n_outliers, norm_mean, norm_std}}`` and, with ``config.figures``, writes
-    ``ctx.figures / "clean.png"``.
+    n_outliers, norm_mean, norm_std}}``; the report draws ``clean.png`` from the results.
     """
     t0 = time.perf_counter()
     out = clean(ds, config)
@@ -550,37 +549,4 @@ def stage(ds: xr.Dataset, config: CleanConfig, ctx: RunContext) -> xr.Dataset:
                          for k in ("n_nonfinite", "n_out_of_range", "n_outliers",
                                    "norm_mean", "norm_std")}
     ctx.summary["clean"] = summary
-    if config.figures and names:
-        _plot_clean(ds, out, names, ctx.figures / "clean.png")
     return out
-
-
-def _plot_clean(raw: xr.Dataset, cleaned: xr.Dataset, names: list[str], path: Any) -> None:
-    """Raw vs cleaned curve of the pixel with the largest repair, one panel per channel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
-    try:
-        voltage = raw["voltage"].values if "voltage" in raw.coords else None
-        for ax, name in zip(axes[0], names):
-            X, _ = flatten(raw, name)
-            C, _ = flatten(cleaned, f"{name}_clean")
-            finite = np.isfinite(X)
-            # The pixel whose cleaning changed it most shows what the recipe does.
-            change = np.where(finite, np.abs(X - C), 0.0).max(axis=1)
-            i = int(np.lexsort((change, (~finite).sum(axis=1)))[-1])
-            x = voltage if voltage is not None else np.arange(X.shape[1])
-            ax.plot(x, np.where(finite[i], X[i], np.nan), "o", ms=2.5, color="0.6", label="raw")
-            ax.plot(x, C[i], "-", lw=1.0, color="C0", label="cleaned")
-            ax.set_title(f"{name}, most repaired pixel:\n"
-                         f"{_pixel_name(i, (raw.sizes['row'], raw.sizes['col']))}", fontsize=8)
-            ax.set_xlabel("voltage (V)" if voltage is not None else "step")
-            ax.set_ylabel(raw[name].attrs.get("units", ""))
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)

@@ -14,9 +14,10 @@ whose attrs say ``normalized=1`` is used as is), a network is trained (or, with
 
 and to ``ctx.summary["autoencoder"][channel]``: active neurons (see
 :func:`~switchscope.autoencoder.active_neurons`), reconstruction MSE on the normalized loops (train,
-validation, all pixels), epochs, seconds. Models go to ``ctx.models/<channel>/``; the decoder, as a
-callable ``Z (n, n_neurons) -> loops (n, n_steps)`` in the units of the input, goes to
-``ctx.artifacts["decoder_<channel>"]`` for the interpretation stage.
+validation, all pixels), epochs, seconds. Models go to ``ctx.models/<channel>/`` (for the
+published networks, a ``config.json`` that names them); the interpretation stage loads its
+decoder from there, with the normalization recorded in the embedding's attributes. The stage
+computes only: the report draws its figures from the results and ``models/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -133,14 +134,14 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
         out[f"embedding_{channel}"] = xr.DataArray(
             unflatten(Z, grid), dims=("row", "col", "neuron"), coords={"neuron": neuron},
             attrs={"long_name": f"{channel} autoencoder embedding", "units": "1",
-                   "active_threshold": 1e-6, "n_active": int(active.sum())})
+                   "active_threshold": 1e-6, "n_active": int(active.sum()), "source": info["source"],
+                   # the decoder saved in models/<channel> works on loops normalized with these
+                   "norm_mean": float(mean), "norm_std": float(std), "normalized_variable": name})
         out[f"reconstruction_{channel}"] = xr.DataArray(
             unflatten(R * std + mean, grid), dims=("row", "col", "step"),
             attrs={"long_name": f"{channel} reconstructed by the autoencoder", "units": units,
                    "mse_normalized": info["mse_all"]})
         histories[channel] = (hist, grid)
-        ctx.artifacts[f"decoder_{channel}"] = _denormalized(decode_n, mean, std)
-        _plot(channel, out, info, ctx)
     _add_histories(out, histories)
     return out
 
@@ -166,14 +167,6 @@ def _add_histories(out: xr.Dataset, histories: dict[str, tuple[list, tuple[int, 
                    "units": "1", "own_checkpoint_epochs": own.tolist()})
 
 
-def _denormalized(decode_n: Callable[[np.ndarray], np.ndarray], mean: float, std: float
-                  ) -> Callable[[np.ndarray], np.ndarray]:
-    def decode(Z: np.ndarray) -> np.ndarray:
-        return np.asarray(decode_n(np.asarray(Z, dtype=np.float64)), dtype=np.float64) * std + mean
-
-    return decode
-
-
 def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext):
     folder = ctx.models / channel
     ae = Autoencoder(config, channel=channel).fit(Xn, checkpoint_dir=folder, progress=ctx.progress)
@@ -190,7 +183,6 @@ def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunCont
         "training_seconds": ae.seconds_,
     }
     hist = ae.embedding_history_ or [(ae.best_epoch_, Z)]
-    ctx.artifacts[f"autoencoder_{channel}"] = ae
     return info, Z, R, hist, ae.decode
 
 
@@ -221,45 +213,4 @@ def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
          "epoch": epoch, "note": "published Keras 2.1.5 weights, loaded by switchscope.autoencoder.keras"},
         indent=2), encoding="utf-8")
     info: dict[str, Any] = {"source": "paper", "epochs": epoch, "l1": PAPER_L1[channel]}
-    ctx.artifacts[f"autoencoder_{channel}"] = net
     return info, Z, R, [(epoch, Z)], net.decode
-
-
-def _plot(channel: str, ds: xr.Dataset, info: dict[str, Any], ctx: RunContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    emb = ds[f"embedding_{channel}"].values
-    idx = info["active_neuron_index"] or list(range(min(4, emb.shape[2])))
-    n = len(idx)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for ax, j in zip(axes.ravel(), idx):
-        im = ax.imshow(emb[:, :, j], cmap="viridis")
-        ax.set_title(f"neuron {j}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"{channel}: {info['active_neurons']} of {info['n_neurons']} neurons active")
-    fig.tight_layout()
-    fig.savefig(ctx.figures / f"autoencoder_{channel}_embedding.png", dpi=90)
-    plt.close(fig)
-
-    ae = ctx.artifacts.get(f"autoencoder_{channel}")
-    history = getattr(ae, "history_", None)
-    if history:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ep = [h["epoch"] for h in history]
-        ax.semilogy(ep, [h["mse"] for h in history], label="train MSE")
-        if history[0].get("val_mse") not in ("", None):
-            ax.semilogy(ep, [h["val_mse"] for h in history], label="validation MSE")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("MSE (normalized)")
-        ax.set_title(f"{channel} autoencoder training")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(ctx.figures / f"autoencoder_{channel}_training.png", dpi=90)
-        plt.close(fig)

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .._errors import DataError, DataWarning, FormatError, OutputError
+from .._output import WRITER_ATTR, pid_alive, written_by_switchscope
 from .._text import printable
 from .._dataset import channels_in, check_voltage
 from ._base import (
@@ -35,8 +36,6 @@ from ._base import (
 )
 
 JSON_ATTRS = "switchscope_json_attrs"
-#: Global attribute that marks a file written by :func:`save` (only such files are replaced).
-WRITER_ATTR = "switchscope_writer"
 _ENGINE = "h5netcdf"
 
 
@@ -239,8 +238,6 @@ def _sweep_dead_temporaries(path: Path) -> None:
     """Remove the temporary files that killed runs of :func:`save` left for ``path``."""
     import re
 
-    from .._output import pid_alive
-
     pattern = re.compile(r"^\." + re.escape(path.name) + r"\.(\d+)-[0-9a-f]{8}\.tmp$")
     try:
         names = os.listdir(path.parent)
@@ -253,22 +250,6 @@ def _sweep_dead_temporaries(path: Path) -> None:
                 os.unlink(path.parent / name)
             except OSError:
                 pass
-
-
-def written_by_switchscope(path: PathLike) -> bool:
-    """True when ``path`` is a NetCDF file that :func:`save` wrote (it carries our mark)."""
-    if hdf5_offset(read_head(path, HEAD_BYTES)) is None:
-        return False
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            mark = f.attrs.get(WRITER_ATTR)
-    except Exception:  # noqa: BLE001 - unreadable: not ours
-        return False
-    if isinstance(mark, bytes):
-        mark = mark.decode("utf-8", "replace")
-    return isinstance(mark, str) and mark.startswith("switchscope")
 
 
 def save(ds: xr.Dataset, path: PathLike, *, overwrite: bool = False) -> Path:

@@ -37,7 +37,7 @@ class LoopsConfig(StageConfig):
     dtype : {"float64", "float32"}
         Float type of the fit.
     figures : bool
-        Write the switching maps and the example-pixel grid.
+        Let the report draw the switching maps and the example-pixel grid.
     """
 
     model: Literal["paper13", "bglib9"] = "paper13"

@@ -12,7 +12,6 @@ from .._context import RunContext
 from .._errors import ConfigError, DataError
 from ._fit import LoopFitResult, fit_loops
 from ._metrics import METRICS
-from ._models import MODELS
 from ._options import LoopsConfig
 
 
@@ -84,18 +83,13 @@ def stage(ds: xr.Dataset, config: LoopsConfig, ctx: RunContext) -> xr.Dataset:
     """Pipeline stage ``loops``: fit every loop, add the ``loop_*`` variables and switching maps.
 
     Adds ``ctx.summary["loops"]`` (model, convergence, R2, medians of the switching parameters,
-    time) and, with ``config.figures``, ``loop_maps.png`` and ``loop_examples.png``.
+    time); the report draws the maps and example pixels from the ``loop_*`` variables.
     """
     t0 = time.perf_counter()
     res = run_fit(ds, config, device=_device(ctx.device), seed=ctx.seed)
     seconds = time.perf_counter() - t0
     out = res.to_dataset(like=ds)
+    out["loop_fit"].attrs["fitted_variable"] = config.channel or (
+        "piezoresponse_clean" if "piezoresponse_clean" in ds else "piezoresponse")
     ctx.summary["loops"] = _summary(res, seconds)
-    if config.figures:
-        from ..report.figures_loops import plot_loop_examples, plot_loop_maps
-
-        data = ds[config.channel or ("piezoresponse_clean" if "piezoresponse_clean" in ds
-                                     else "piezoresponse")].values
-        plot_loop_maps(res, ctx.figures / "loop_maps.png")
-        plot_loop_examples(res, data.reshape(-1, data.shape[-1]), ctx.figures / "loop_examples.png")
     return out

@@ -29,32 +29,24 @@ from .._context import RunContext
 from .._dataset import CHANNELS
 from .._errors import DataError
 from . import figures
+from .figures.autoencoder import reconstruction_error
 
 __all__ = ["ReportConfig", "build_report", "explorer_payload", "report_stage", "write_report"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
-#: Figure groups: section id, heading, file-name prefixes. A PNG goes to the first group whose
-#: prefix starts its name ("pca.png", "pca_scores.png" and "pcab.png" all go to "pca"), so the
-#: helpers' own figures land in their section whatever suffix they chose.
-GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("cleaning", "Cleaning", ("clean", "preprocess")),
-    ("synthetic", "Synthetic ground truth", ("synthetic", "truth")),
-    ("loops", "Loop fits", ("loop",)),
-    ("decomposition", "Linear baselines: PCA, NMF, clusters", ("decomposition", "pca", "nmf", "cluster", "kmeans")),
-    ("autoencoder", "Autoencoder training", ("autoencoder", "training", "train", "learning_curve")),
-    ("reconstruction", "Reconstruction error", ("reconstruction",)),
-    ("embedding", "Embedding maps", ("embedding",)),
-    ("cross", "Cross-channel generation", ("generated_piezoresponse_from_", "cross")),
-    ("generated", "Generated loops per neuron", ("generated", "generator")),
+#: Page sections for figures, in page order: (section id, heading). Each drawer of
+#: :mod:`switchscope.report.figures` says which section a file it wrote belongs to.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("cleaning", "Cleaning"),
+    ("loops", "Loop fits"),
+    ("decomposition", "Linear baselines: PCA, NMF, clusters"),
+    ("autoencoder", "Autoencoder training"),
+    ("reconstruction", "Reconstruction error"),
+    ("embedding", "Embedding maps"),
+    ("cross", "Cross-channel generation"),
+    ("generated", "Generated loops per neuron"),
 )
-
-
-def _group_of(name: str) -> str | None:
-    for gid, _, prefixes in GROUPS:
-        if name.startswith(prefixes):
-            return gid
-    return None
 
 
 @register("report")
@@ -66,6 +58,12 @@ class ReportConfig(StageConfig):
     ----------
     title : str
         Page title.
+    figures : bool
+        Draw the figures (from the results; False: the page shows the figures already there).
+    movies : bool
+        Also write the training and generator movies (GIF and MP4) beside the page.
+    movie_fps : float
+        Frames per second of the movies.
     max_explorer_pixels : int
         Largest number of pixels whose curves are embedded for the explorer; larger grids are
         subsampled with one stride along rows and columns (the page says so).
@@ -77,6 +75,9 @@ class ReportConfig(StageConfig):
     """
 
     title: str = "switchscope report"
+    figures: bool = True
+    movies: bool = True
+    movie_fps: float = 4.0
     max_explorer_pixels: int = 10000
     explorer_digits: int = 4
     explorer_channels: tuple[str, ...] = ("piezoresponse", "resonance")
@@ -84,6 +85,9 @@ class ReportConfig(StageConfig):
     def validate(self) -> None:
         if not isinstance(self.title, str):
             self._fail("title", "a string", self.title)
+        for name in ("figures", "movies"):
+            self.check_choice(name, (True, False))
+        self.check_number("movie_fps", lo=0, hi=60, lo_open=True)
         self.check_number("max_explorer_pixels", lo=1, hi=10_000_000, integer=True)
         self.check_number("explorer_digits", lo=2, hi=8, integer=True)
         if isinstance(self.explorer_channels, str) or not all(c in CHANNELS for c in self.explorer_channels):
@@ -134,7 +138,7 @@ def _maps(ds: xr.Dataset) -> list[tuple[str, np.ndarray, bool]]:
             emb = ds[f"embedding_{ch}"].transpose("row", "col", ...).values
             for j in np.flatnonzero(active_neurons(emb.reshape(-1, emb.shape[-1]))):
                 out.append((f"embedding_{ch}[{j}]", emb[..., j], False))
-        err = figures.reconstruction_error(ds, ch)
+        err = reconstruction_error(ds, ch)
         if err is not None:
             out.append((f"reconstruction MSE {ch}", err, False))
     for name, k_max in (("pca_scores", 4), ("nmf_abundances", 8)):
@@ -343,7 +347,7 @@ def _decomposition_table(ds: xr.Dataset) -> str:
 def _reconstruction_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
     rows = []
     for ch in CHANNELS:
-        err = figures.reconstruction_error(ds, ch)
+        err = reconstruction_error(ds, ch)
         if err is not None:
             rows.append((ch, np.nanmean(err), np.nanmedian(err), np.nanmax(err)))
     if not rows:
@@ -433,26 +437,41 @@ def _figure_files(figdir: Path) -> list[str]:
     return sorted(p.name for p in figdir.glob("*.png")) if figdir.is_dir() else []
 
 
+def _stage_option(summary: Mapping[str, Any], section: str, name: str, default: Any) -> Any:
+    """An option as the run recorded it in ``summary["configs"]`` (older ``[interpret] movies``)."""
+    configs = summary.get("configs")
+    value = configs.get(section, {}).get(name, default) if isinstance(configs, Mapping) else default
+    return value if isinstance(value, type(default)) else default
+
+
 def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str, Any] | None = None,
-                 config: ReportConfig | None = None) -> Path:
-    """Render ``report_dir/index.html`` for ``ds`` (figures missing from ``report_dir/figures`` are drawn).
+                 config: ReportConfig | None = None, run_dir: str | Path | None = None) -> Path:
+    """Draw every figure and movie of ``ds`` (see :mod:`switchscope.report.figures`) and render
+    ``report_dir/index.html``. ``run_dir``: the run's folder, whose ``models/`` hold the training
+    curves (default: the folder above ``report_dir``).
 
     Returns the path of the page.
     """
     config = config or ReportConfig()
     summary = dict(summary or {})
     report_dir = Path(report_dir)
+    run_dir = Path(run_dir) if run_dir is not None else report_dir.parent
     figdir = report_dir / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    figures.interpretation_figures(ds, figdir, overwrite=False)
-    figures.overview_figures(ds, figdir, _figure_files(figdir))
-    pngs = _figure_files(figdir)
-
-    grouped: dict[str, list[str]] = {g[0]: [] for g in GROUPS}
-    other: list[str] = []
-    for name in pngs:
-        gid = _group_of(name)
-        (grouped[gid] if gid else other).append(name)
+    drawn: dict[str, list[tuple[str, Path]]] = {}
+    if config.figures:
+        skip = tuple(s for s in ("clean", "loops") if not _stage_option(summary, s, "figures", True))
+        movies = config.movies and _stage_option(summary, "interpret", "movies", True)
+        drawn = figures.draw_figures(ds, report_dir, run_dir=run_dir, movies=movies,
+                                     fps=_stage_option(summary, "interpret", "movie_fps", config.movie_fps),
+                                     skip=skip)
+    grouped: dict[str, list[str]] = {sid: [] for sid, _ in SECTIONS}
+    for pairs in drawn.values():
+        for sid, path in pairs:
+            if sid in grouped and path.suffix == ".png":
+                grouped[sid].append(path.name)
+    known = {n for names in grouped.values() for n in names}
+    other = [n for n in _figure_files(figdir) if n not in known]
 
     def figs(gid: str) -> str:
         return "".join(_img(f"figures/{n}", n.removesuffix(".png").replace("_", " ")) for n in grouped[gid])
@@ -461,7 +480,7 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
     extra = {"cleaning": _cleaning_table(ds), "loops": _loops_table(ds),
              "decomposition": _decomposition_table(ds),
              "reconstruction": _reconstruction_table(ds, summary)}
-    for gid, title, _ in GROUPS:
+    for gid, title in SECTIONS:
         body = extra.get(gid, "") + figs(gid)
         if body:
             sections.append(_section(gid, title, body))
@@ -554,11 +573,9 @@ def build_report(outdir: str | Path, *, config: ReportConfig | None = None) -> P
     results = outdir / "results.nc"
     if not results.is_file():
         raise DataError(f"no results.nc in {str(outdir)!r}; give the output folder of `switchscope run`")
-    try:
-        ds = xr.load_dataset(results)
-    except Exception as exc:  # any reader failure means the file is unusable
-        raise DataError(f"cannot read {str(results)!r} ({type(exc).__name__}: {exc}); "
-                        "rerun `switchscope run` to rewrite it") from None
+    from ..io import load
+
+    ds = load(results)  # the reader restores the attributes save() wrote as JSON
     summary: dict[str, Any] = {}
     sfile = outdir / "summary.json"
     if sfile.is_file():
@@ -567,13 +584,13 @@ def build_report(outdir: str | Path, *, config: ReportConfig | None = None) -> P
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"summary.json in {str(outdir)!r} is not valid JSON ({exc}); "
                             "delete it or rerun `switchscope run`") from None
-    return write_report(ds, outdir / "report", summary=summary, config=config)
+    return write_report(ds, outdir / "report", summary=summary, config=config, run_dir=outdir)
 
 
 def report_stage(ds: xr.Dataset, config: ReportConfig, ctx: RunContext) -> xr.Dataset:
     """Pipeline stage: write ``ctx.workdir/report/index.html`` from the run's arrays and summary."""
     t0 = time.perf_counter()
-    index = write_report(ds, ctx.workdir / "report", summary=ctx.summary, config=config)
+    index = write_report(ds, ctx.workdir / "report", summary=ctx.summary, config=config, run_dir=ctx.workdir)
     figdir = ctx.workdir / "report" / "figures"
     ctx.summary["report"] = {
         "path": str(index.relative_to(ctx.workdir)),

@@ -6,20 +6,17 @@ to a Dataset and draws them; nothing is refitted here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import xarray as xr
 
-matplotlib.use("Agg")
+from ..._errors import DataError
+from ._common import matplotlib, plt
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from .._errors import DataError  # noqa: E402
-
-__all__ = ["plot_all", "plot_clusters", "plot_nmf", "plot_pca"]
+__all__ = ["draw", "plot_all", "plot_clusters", "plot_nmf", "plot_pca"]
 
 
 def _need(ds: xr.Dataset, names: list[str]) -> None:
@@ -228,15 +225,32 @@ def plot_clusters(ds: xr.Dataset, path: str | Path, *, name: str = "divisive", c
 
 
 def plot_all(ds: xr.Dataset, folder: str | Path, *, suffix: str = "") -> list[Path]:
-    """Every decomposition figure present in ``ds``: ``pca``, ``nmf``, ``clusters_divisive``,
-    ``clusters_kmeans_pca`` (``<name><suffix>.png``). Returns the written paths."""
+    """Every decomposition figure whose variables ``ds`` holds: ``pca``, ``nmf``,
+    ``clusters_divisive``, ``clusters_kmeans_pca`` (``<name><suffix>.png``). Returns the written paths."""
     folder = Path(folder)
-    out = []
+    jobs = []
     if f"pca_scores{suffix}" in ds:
-        out.append(plot_pca(ds, folder / f"pca{suffix}.png", suffix=suffix))
+        jobs.append(lambda: plot_pca(ds, folder / f"pca{suffix}.png", suffix=suffix))
     if f"nmf_abundances{suffix}" in ds:
-        out.append(plot_nmf(ds, folder / f"nmf{suffix}.png", suffix=suffix))
+        jobs.append(lambda: plot_nmf(ds, folder / f"nmf{suffix}.png", suffix=suffix))
     for name in ("divisive", "kmeans_pca"):
         if f"cluster_{name}{suffix}" in ds:
-            out.append(plot_clusters(ds, folder / f"clusters_{name}{suffix}.png", name=name, suffix=suffix))
+            jobs.append(lambda name=name: plot_clusters(ds, folder / f"clusters_{name}{suffix}.png", name=name,
+                                                        suffix=suffix))
+    out = []
+    for job in jobs:
+        try:
+            out.append(job())
+        except DataError:  # results of a partial run: a figure whose variables are missing is left out
+            continue
+    return out
+
+
+def draw(ds: xr.Dataset, figdir: Path, **_: Any) -> list[tuple[str, Path]]:
+    """:func:`plot_all` for the main channel and each extra channel (``pca_scores_<channel>``)."""
+    suffixes = [""] + sorted({m[1] for v in ds.data_vars if (m := re.fullmatch(r"pca_scores(_\w+)", str(v)))})
+    out: list[tuple[str, Path]] = []
+    for suffix in suffixes:
+        if f"pca_scores{suffix}" in ds or f"cluster_divisive{suffix}" in ds:
+            out += [("decomposition", p) for p in plot_all(ds, figdir, suffix=suffix)]
     return out

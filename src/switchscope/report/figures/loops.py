@@ -1,25 +1,22 @@
-"""Figures of the loop fits: one map per switching parameter, and example pixels (data + fit).
+"""Figures of the ``loops`` stage: one map per switching parameter, and example pixels (data + fit).
 
-These render a :class:`~switchscope.loops.LoopFitResult`; nothing is refitted.
+These render a :class:`~switchscope.loops.LoopFitResult` (or the ``loop_*`` variables of the
+results, through :func:`draw`); nothing is refitted.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import xarray as xr
 
-matplotlib.use("Agg")  # files only: never open a window, and work on headless machines
+from ...loops._fit import LoopFitResult
+from ...loops._metrics import METRICS
+from ._common import DPI, plt
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..loops._fit import LoopFitResult  # noqa: E402
-from ..loops._metrics import METRICS  # noqa: E402
-
-__all__ = ["example_pixels", "plot_loop_examples", "plot_loop_maps"]
-
-DPI = 80
+__all__ = ["draw", "example_pixels", "plot_loop_examples", "plot_loop_maps"]
 
 
 def plot_loop_maps(res: LoopFitResult, path: str | Path) -> Path:
@@ -112,3 +109,47 @@ def plot_loop_examples(res: LoopFitResult, data: np.ndarray, path: str | Path,
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def result_from_dataset(ds: xr.Dataset) -> LoopFitResult | None:
+    """The :class:`LoopFitResult` that the ``loop_*`` variables of ``ds`` hold (None without them)."""
+    if "loop_params" not in ds or "loop_r2" not in ds:
+        return None
+    from ...loops._models import sweep_masks
+
+    grid = (ds.sizes["row"], ds.sizes["col"]) if {"row", "col"} <= set(ds["loop_r2"].dims) else None
+    n = int(ds["loop_r2"].size)
+
+    def flat(name: str, *extra: int) -> np.ndarray:
+        return np.asarray(ds[name].values).reshape(n, *extra)
+
+    v = np.asarray(ds["voltage"].values, dtype=float)
+    n_par = ds["loop_params"].shape[-1]
+    metrics = {m: flat(f"loop_{m}") for m in METRICS if f"loop_{m}" in ds}
+    fit = flat("loop_fit", v.size) if "loop_fit" in ds else np.full((n, v.size), np.nan)
+    return LoopFitResult(
+        params=flat("loop_params", n_par), stderr=flat("loop_stderr", n_par) if "loop_stderr" in ds else
+        np.full((n, n_par), np.nan), param_names=tuple(str(p) for p in ds["loop_params"].coords.get(
+            "param", np.arange(n_par)).values), r2=flat("loop_r2"),
+        converged=flat("loop_converged") if "loop_converged" in ds else np.isfinite(flat("loop_r2")),
+        status=flat("loop_status") if "loop_status" in ds else np.zeros(n, int),
+        n_iter=flat("loop_n_iter") if "loop_n_iter" in ds else np.zeros(n, int),
+        fit=fit, metrics=metrics, voltage=v, descending=sweep_masks(v), starts=np.empty((n, 0, n_par)),
+        model=str(ds["loop_params"].attrs.get(
+            "model", "paper13")), grid=grid, units=str(ds["loop_fit"].attrs.get("units", "")) if "loop_fit" in ds
+        else "")
+
+
+def draw(ds: xr.Dataset, figdir: Path, **_: Any) -> list[tuple[str, Path]]:
+    """``loop_maps.png`` and ``loop_examples.png`` from the ``loop_*`` variables."""
+    res = result_from_dataset(ds)
+    if res is None:
+        return []
+    out = [("loops", plot_loop_maps(res, figdir / "loop_maps.png"))]
+    fitted = str(ds["loop_fit"].attrs.get("fitted_variable", "")) if "loop_fit" in ds else ""
+    if fitted not in ds:
+        fitted = "piezoresponse_clean" if "piezoresponse_clean" in ds else "piezoresponse"
+    if fitted in ds:
+        data = ds[fitted].transpose("row", "col", "step").values if res.grid else ds[fitted].values
+        out.append(("loops", plot_loop_examples(res, data.reshape(res.r2.size, -1), figdir / "loop_examples.png")))
+    return out
