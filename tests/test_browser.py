@@ -101,18 +101,33 @@ def opened(browser, run_dir):
 def test_nothing_leaves_the_page_and_no_script_errors(opened, run_dir):
     page, seen, blocked, errors = opened
     assert blocked == [] and errors == []
-    assert any(u.endswith(".png") for u in seen)  # the route did see the local figures
+    assert any(u.endswith(".mp4") for u in seen)  # the route did see the local movies
     assert all(u.startswith(("file://", "data:")) for u in seen)
 
 
 def test_every_figure_renders(opened, run_dir):
     page = opened[0]
-    imgs = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    imgs = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('data-file'), i.complete, "
+                         "i.naturalWidth, i.getAttribute('src').slice(0, 5)])")
     files = {p.name for p in (run_dir / "report" / "figures").glob("*.png")}
-    files |= {p.name for p in (run_dir / "report" / "movies").glob("*.gif")}
-    assert {Path(src).name for src, _, _ in imgs} == files
-    assert all(done and width > 0 for _, done, width in imgs), imgs
+    assert {name for name, _, _, _ in imgs} == files
+    assert all(done and width > 0 and src == "data:" for _, done, width, src in imgs), imgs
     assert page.locator("video").count() >= 1  # the MP4 movies are linked too
+
+
+def test_the_page_alone_shows_every_figure(browser, run_dir, tmp_path):
+    import shutil
+
+    alone = tmp_path / "index.html"
+    shutil.copy(run_dir / "report" / "index.html", alone)  # without figures/ and movies/ beside it
+    page, _, blocked, errors = _open(browser, alone)
+    try:
+        imgs = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        assert imgs and all(done and width > 0 for done, width in imgs)
+        assert errors == [] and blocked == []
+        assert "beside this page" in page.locator("#movies").inner_text()
+    finally:
+        page.close()
 
 
 def _series(page, panel):

@@ -88,7 +88,22 @@ def make_run(outdir: Path, *, attrs=None, movies=False, rows=12, cols=10, figure
 
 
 def _decode(block):
-    return np.array([np.nan if q is None else block["offset"] + q * block["scale"] for q in block["data"]])
+    """The documented block format, decoded here independently of the library's decode_block."""
+    import base64
+    import zlib
+
+    shuffled = zlib.decompress(base64.b64decode(block["b64"]))
+    size = 2 if block["dtype"] == "i2" else 4
+    n = len(shuffled) // size
+    q = np.cumsum([int.from_bytes(bytes(shuffled[k * n + j] for k in range(size)), "little", signed=True)
+                   for j in range(n)])
+    out = block["offset"] + q * block["scale"]
+    if "nan_b64" in block:
+        bits = zlib.decompress(base64.b64decode(block["nan_b64"]))
+        nan = [(bits[i // 8] >> (i % 8)) & 1 for i in range(block["n"])]
+        out = np.where(nan, np.nan, out)
+    assert out.size == block["n"]
+    return out
 
 
 def test_quantized_curves_round_trip_within_half_a_step():
@@ -135,7 +150,7 @@ def test_real_loops_round_trip_with_their_nans(real_raw_loops):
     (panel,) = payload["panels"]
     (series,) = panel["series"]  # nothing analysed: the raw curves only
     got = _decode(series)
-    assert sum(q is None for q in series["data"]) == int(np.isnan(loops).sum()) == 3
+    assert int(np.isnan(got).sum()) == int(np.isnan(loops).sum()) == 3
     ok = np.isfinite(loops.reshape(-1))
     assert np.abs(got[ok] - loops.reshape(-1)[ok]).max() <= 0.5 * series["scale"] * (1 + 1e-9)
     assert payload["voltage"][0] == pytest.approx(voltage[0])
@@ -163,20 +178,25 @@ def test_report_page_sections_and_figures(run_dir):
                 "cross", "mechanisms", "explorer", "timings", "other"):
         assert f'<section id="{sid}">' in page, sid
     assert '<section id="movies">' not in page  # movies were off in this run
-    srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert srcs and all((index.parent / s).is_file() for s in srcs)
+    # every figure is inlined: the page alone shows it, byte for byte the PNG beside it
+    import base64
+
+    inlined = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="[^"]*" data-file="([^"]+)"', page)
     figs = {p.name for p in (index.parent / "figures").glob("*.png")}
-    assert {Path(s).name for s in srcs} == figs
+    assert inlined and {name for _, name in inlined} == figs
+    for data, name in inlined:
+        assert base64.b64decode(data) == (index.parent / "figures" / name).read_bytes()
+    assert page.index('<section id="explorer">') < page.index('<section id="cleaning">')  # explorer first
     # each drawn figure sits in the section of the stage that drew it ...
     for name, sid, nxt in (("clean.png", "cleaning", "loops"), ("clusters_divisive.png", "decomposition",
                                                                  "reconstruction"),
                            ("embedding_resonance.png", "embedding", "cross")):
         section = page[page.index(f'<section id="{sid}">'):page.index(f'<section id="{nxt}">')]
-        assert f"figures/{name}" in section, name
+        assert f'data-file="{name}"' in section, name
     # ... and PNGs the report did not draw (a user's, or stand-ins here) under "Other figures"
     other = page[page.index('<section id="other">'):]
     for name in ("loops_examples.png", "pca_components.png", "mystery.png"):
-        assert f"figures/{name}" in other, name
+        assert f'data-file="{name}"' in other, name
     # offline: nothing refers to the network
     assert not re.search(r'(src|href)="(https?:)?//', page) and "url(http" not in page
     assert "<th>1.25</th>" not in page and "<td>1.25</td>" in page  # timings table

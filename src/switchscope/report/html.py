@@ -69,6 +69,9 @@ class ReportConfig(StageConfig):
         subsampled with one stride along rows and columns (the page says so).
     explorer_digits : int
         Significant digits kept (of each variable's half range) in the embedded curves and maps.
+        3 (the default) keeps every value within 1/2000 of its variable's range (half a pixel of
+        a 1000-pixel plot) and the paper's two-channel page under 4 MB; the exact values are in
+        results.nc.
     explorer_channels : tuple of str
         Channels whose per-pixel curves the explorer embeds (each costs about 1.9 MB per curve
         kind for 60 x 60 x 96); the first present one is used when none of them is.
@@ -79,7 +82,7 @@ class ReportConfig(StageConfig):
     movies: bool = True
     movie_fps: float = 4.0
     max_explorer_pixels: int = 10000
-    explorer_digits: int = 4
+    explorer_digits: int = 3
     explorer_channels: tuple[str, ...] = ("piezoresponse", "resonance")
 
     def validate(self) -> None:
@@ -100,25 +103,62 @@ class ReportConfig(StageConfig):
 # explorer data
 # ---------------------------------------------------------------------------------------------
 def _quantize(x: np.ndarray, digits: int) -> dict[str, Any]:
-    """Integers ``q`` with ``x ~= offset + q * scale``, NaN as null.
+    """A compact block holding ``x`` to ``digits`` significant digits of its half range.
 
-    ``offset`` is the middle of the finite range and ``scale`` keeps ``digits`` significant
-    digits of the half range, so a resonance of 1320 +- 5 kHz keeps its variation (rounding
-    relative to the magnitude would not). Integers print shorter in JSON than floats.
+    The values become integers ``q`` with ``x ~= offset + q * scale`` (``offset`` the middle of
+    the finite range, ``scale`` the half range in ``10**digits / 2`` steps, so a resonance of
+    1320 +- 5 kHz keeps its variation and the error is at most ``1 / (2 * 10**digits)`` of the
+    range). Consecutive differences of ``q`` (small along smooth
+    curves) are stored as little-endian int16 (int32 when they do not fit), byte-shuffled (all
+    first bytes, then all second bytes, ...: the high bytes are nearly constant), deflated (zlib)
+    and base64-encoded; NaNs are a deflated bit mask. :func:`decode_block` and the page's script
+    (``DecompressionStream("deflate")``) invert it.
     """
+    import base64
+    import zlib
+
     x = np.asarray(x, dtype=np.float64).ravel()
     finite = np.isfinite(x)
     if finite.any():
         lo, hi = float(x[finite].min()), float(x[finite].max())
         half = (hi - lo) / 2
-        scale = 10.0 ** (math.floor(math.log10(half)) - (digits - 1)) if half > 0 else 1.0
-        offset = round((lo + hi) / 2 / scale) * scale if half > 0 else lo
+        # the half range in 10**digits / 2 steps: the error is at most 1/(2 * 10**digits) of the range
+        scale = half / (0.5 * 10.0**digits) if half > 0 else 1.0
+        offset = (lo + hi) / 2 if half > 0 else lo
     else:
         scale, offset = 1.0, 0.0
-    q = np.rint((np.where(finite, x, offset) - offset) / scale).astype(np.int64).tolist()
-    for i in np.flatnonzero(~finite):
-        q[i] = None
-    return {"offset": offset, "scale": scale, "data": q}
+    q = np.rint((np.where(finite, x, offset) - offset) / scale).astype(np.int64)
+    delta = np.diff(q, prepend=0)
+    dtype = "<i2" if delta.size == 0 or np.abs(delta).max() < 2**15 else "<i4"
+    block: dict[str, Any] = {
+        "offset": offset, "scale": scale, "n": int(x.size), "dtype": dtype[1:],
+        "b64": base64.b64encode(zlib.compress(_shuffle(delta.astype(dtype)), 9)).decode("ascii"),
+    }
+    if not finite.all():
+        block["nan_b64"] = base64.b64encode(zlib.compress(np.packbits(~finite, bitorder="little").tobytes(), 9)
+                                            ).decode("ascii")
+    return block
+
+
+def _shuffle(a: np.ndarray) -> bytes:
+    """The bytes of ``a`` grouped by their place in each value (byte k of every value, k = 0, 1, ...)."""
+    return np.ascontiguousarray(a.view(np.uint8).reshape(-1, a.itemsize).T).tobytes()
+
+
+def decode_block(block: Mapping[str, Any]) -> np.ndarray:
+    """The values of a block made by :func:`_quantize` (float64, NaN restored)."""
+    import base64
+    import zlib
+
+    size = 2 if block["dtype"] == "i2" else 4
+    raw = np.frombuffer(zlib.decompress(base64.b64decode(block["b64"])), np.uint8)
+    delta = np.ascontiguousarray(raw.reshape(size, -1).T).view("<" + block["dtype"]).ravel()
+    x = block["offset"] + np.cumsum(delta.astype(np.int64)) * block["scale"]
+    if "nan_b64" in block:
+        mask = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(block["nan_b64"])), np.uint8),
+                             bitorder="little")[: block["n"]].astype(bool)
+        x[mask] = np.nan
+    return x
 
 
 def _grid_vars(ds: xr.Dataset) -> list[str]:
@@ -275,10 +315,13 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "
     return f'<table class="{_e(cls)}"><thead><tr>{h}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _img(rel: str, caption: str) -> str:
-    src = urllib.parse.quote(rel)
-    return (f'<figure><img src="{_e(src)}" alt="{_e(caption)}" loading="eager">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+def _img(path: Path, caption: str) -> str:
+    """A figure with its PNG inlined (a data: URI): the page needs no file beside it."""
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}" data-file="{_e(Path(path).name)}"'
+            f' loading="eager"><figcaption>{_e(caption)}</figcaption></figure>')
 
 
 def _section(sid: str, title: str, body: str) -> tuple[str, str, str]:
@@ -474,9 +517,14 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
     other = [n for n in _figure_files(figdir) if n not in known]
 
     def figs(gid: str) -> str:
-        return "".join(_img(f"figures/{n}", n.removesuffix(".png").replace("_", " ")) for n in grouped[gid])
+        return "".join(_img(figdir / n, n.removesuffix(".png").replace("_", " ")) for n in grouped[gid])
 
     sections: list[tuple[str, str, str]] = [_section("summary", "Dataset", _summary_section(ds, summary))]
+    payload = explorer_payload(ds, max_pixels=config.max_explorer_pixels, digits=config.explorer_digits,
+                               channels=config.explorer_channels)
+    explorer = _explorer_section(payload)
+    if explorer:  # first after the summary: the place to start
+        sections.append(_section("explorer", "Explorer", explorer))
     extra = {"cleaning": _cleaning_table(ds), "loops": _loops_table(ds),
              "decomposition": _decomposition_table(ds),
              "reconstruction": _reconstruction_table(ds, summary)}
@@ -488,24 +536,22 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
     moviedir = report_dir / "movies"
     movies = sorted(moviedir.iterdir()) if moviedir.is_dir() else []
     mv = []
+    names = {p.name for p in movies}
     for p in movies:
+        if p.suffix != ".mp4":
+            continue
         rel = _e(urllib.parse.quote(f"movies/{p.name}"))
-        if p.suffix == ".gif":
-            mv.append(f'<figure class="movie"><img src="{rel}" alt="{_e(p.name)}"><figcaption>{_e(p.name)}</figcaption></figure>')
-        elif p.suffix == ".mp4":
-            mv.append(f'<figure class="movie"><video controls loop muted src="{rel}"></video>'
-                      f'<figcaption>{_e(p.name)} (MP4)</figcaption></figure>')
+        gif = p.with_suffix(".gif").name
+        link = (f' (<a href="{_e(urllib.parse.quote(f"movies/{gif}"))}">GIF</a>)' if gif in names else "")
+        mv.append(f'<figure class="movie"><video controls loop muted src="{rel}"></video>'
+                  f'<figcaption>{_e(p.stem.replace("_", " "))}: MP4{link}</figcaption></figure>')
     if mv:
-        sections.append(_section("movies", "Movies", "".join(mv)))
+        note = ('<p class="note">The movies are files in <code>movies/</code> beside this page; '
+                "a copy of <code>index.html</code> alone shows everything else.</p>")
+        sections.append(_section("movies", "Movies", note + "".join(mv)))
     mech = _mechanism_tables(ds)
     if mech:
         sections.append(_section("mechanisms", "Mechanism labels", mech))
-
-    payload = explorer_payload(ds, max_pixels=config.max_explorer_pixels, digits=config.explorer_digits,
-                               channels=config.explorer_channels)
-    explorer = _explorer_section(payload)
-    if explorer:
-        sections.append(_section("explorer", "Explorer", explorer))
 
     timings = summary.get("timings_s")
     if isinstance(timings, Mapping) and timings:
@@ -520,7 +566,7 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
                                                                   text_cols=2)))
     if other:
         sections.append(_section("other", "Other figures",
-                                 "".join(_img(f"figures/{n}", n.removesuffix(".png")) for n in other)))
+                                 "".join(_img(figdir / n, n.removesuffix(".png")) for n in other)))
 
     nav = "".join(f'<li><a href="#{_e(sid)}">{_e(title)}</a></li>' for sid, title, _ in sections)
     css = (ASSETS / "report.css").read_text(encoding="utf-8")

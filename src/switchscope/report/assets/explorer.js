@@ -12,11 +12,41 @@
   var nSteps = D.voltage.length;
   var selected = {r: Math.floor(D.sub_grid[0] / 2), c: Math.floor(D.sub_grid[1] / 2)};
 
+  /* Blocks are deflated int16/int32 differences of quantized values (see decode_block in
+   * switchscope/report/html.py); the browser inflates them with DecompressionStream. */
+  function inflate(b64) {
+    var bin = atob(b64), bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Response(stream).arrayBuffer();
+  }
+
+  function unpack(block) {
+    var jobs = [inflate(block.b64)];
+    if (block.nan_b64) { jobs.push(inflate(block.nan_b64)); }
+    return Promise.all(jobs).then(function (bufs) {
+      /* the bytes come grouped by place (all first bytes, then all second bytes ...) */
+      var size = block.dtype === "i2" ? 2 : 4, shuffled = new Uint8Array(bufs[0]);
+      var bytes = new Uint8Array(shuffled.length), n = shuffled.length / size;
+      for (var k = 0; k < size; k++) {
+        for (var j = 0; j < n; j++) { bytes[j * size + k] = shuffled[k * n + j]; }
+      }
+      var d = size === 2 ? new Int16Array(bytes.buffer) : new Int32Array(bytes.buffer);
+      var mask = bufs.length > 1 ? new Uint8Array(bufs[1]) : null;
+      var vals = new Float64Array(block.n), q = 0;
+      for (var i = 0; i < block.n; i++) {
+        q += d[i];
+        vals[i] = (mask && ((mask[i >> 3] >> (i & 7)) & 1)) ? NaN : block.offset + q * block.scale;
+      }
+      block.values = vals;
+    });
+  }
+
   function decode(block, start, count) {
     var out = new Array(count);
     for (var i = 0; i < count; i++) {
-      var q = block.data[start + i];
-      out[i] = (q === null) ? null : block.offset + q * block.scale;
+      var v = block.values[start + i];
+      out[i] = isNaN(v) ? null : v;
     }
     return out;
   }
@@ -165,15 +195,23 @@
       "neuron " + g.neurons[i] + " = " + Number(g.levels[i][li]).toPrecision(4) + " (level " + (li + 1) + "/" + g.n_levels + ")";
   }
 
-  var canvases = document.querySelectorAll("canvas.ss-map");
-  for (var i = 0; i < canvases.length; i++) { canvases[i].addEventListener("click", onMapClick); }
-  if (D.panels.length || D.maps.length) { showPixel(); }
-  if (genChannel && D.generated.length) {
-    genChannel.addEventListener("change", function () { fillNeurons(); showGen(); });
-    genNeuron.addEventListener("change", showGen);
-    genLevel.addEventListener("input", showGen);
-    genLevel.addEventListener("change", showGen);
-    fillNeurons(); showGen();
+  function start() {
+    var canvases = document.querySelectorAll("canvas.ss-map");
+    for (var i = 0; i < canvases.length; i++) { canvases[i].addEventListener("click", onMapClick); }
+    if (D.panels.length || D.maps.length) { showPixel(); }
+    if (genChannel && D.generated.length) {
+      genChannel.addEventListener("change", function () { fillNeurons(); showGen(); });
+      genNeuron.addEventListener("change", showGen);
+      genLevel.addEventListener("input", showGen);
+      genLevel.addEventListener("change", showGen);
+      fillNeurons(); showGen();
+    }
+    document.body.setAttribute("data-explorer-ready", "1");
   }
-  document.body.setAttribute("data-explorer-ready", "1");
+
+  var blocks = D.maps.concat(D.generated);
+  for (var p = 0; p < D.panels.length; p++) { blocks = blocks.concat(D.panels[p].series); }
+  Promise.all(blocks.map(unpack)).then(start, function (err) {
+    document.body.setAttribute("data-explorer-error", String(err));
+  });
 })();
