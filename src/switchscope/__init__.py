@@ -13,6 +13,7 @@ from ._errors import (
     SwitchscopeError,
 )
 from ._grid import flatten, unflatten
+from . import plot, stages
 from .io import describe, load, paper_voltage, save
 from .preprocess import CleanConfig, clean, denormalize, normalize
 from .synthetic import SyntheticConfig
@@ -80,6 +81,8 @@ __all__ = [*_LAZY,
     "describe",
     "load",
     "paper_voltage",
+    "plot",
     "save",
+    "stages",
     "__version__",
 ]

@@ -99,6 +99,23 @@ class LoopFitResult:
         counts = np.bincount(self.status, minlength=len(STATUS_MESSAGES))
         return "; ".join(f"{int(c)} {STATUS_MESSAGES[i]}" for i, c in enumerate(counts) if c)
 
+    def _repr_html_(self) -> str:
+        """A table for notebooks: outcome first, then the medians of the switching maps."""
+        import html
+
+        n = self.r2.size
+        ok = np.isfinite(self.r2)
+        rows = [("model", self.model), ("pixels", f"{n}" + (f" ({self.grid[0]} x {self.grid[1]})" if self.grid else "")),
+                ("converged", f"{int(self.converged.sum())} of {n}"),
+                ("median R²", f"{np.median(self.r2[ok]):.5f}" if ok.any() else "n/a"),
+                ("status", self.message)]
+        for name, values in self.metrics.items():
+            finite = np.isfinite(values)
+            rows.append((f"median {name}", f"{np.median(values[finite]):.4g}" if finite.any() else "n/a"))
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in rows)
+        return f"<table><caption>LoopFitResult</caption>{body}</table>"
+
     def __repr__(self) -> str:
         n = self.r2.size
         med = float(np.nanmedian(self.r2)) if np.isfinite(self.r2).any() else float("nan")

@@ -6,7 +6,7 @@ Figures render arrays already in the results; nothing is refitted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -25,8 +25,11 @@ def active(emb: np.ndarray) -> np.ndarray:
     return np.flatnonzero(active_neurons(emb.reshape(-1, emb.shape[-1])))
 
 
-def save(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
-    """Write ``fig`` to ``path`` (PNG) and close it."""
+def save(fig: plt.Figure, path: Path | None, dpi: int = DPI) -> Any:
+    """Write ``fig`` to ``path`` (PNG), close it and return the path; with ``path=None`` return
+    the open Figure (for notebooks: :mod:`switchscope.plot`)."""
+    if path is None:
+        return fig
     try:
         fig.savefig(path, dpi=dpi)
     finally:
@@ -34,7 +37,7 @@ def save(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
     return Path(path)
 
 
-def plot_maps(maps: Sequence[tuple[str, np.ndarray]], path: Path, *, title: str = "",
+def plot_maps(maps: Sequence[tuple[str, np.ndarray]], path: Path | None, *, title: str = "",
               cmap: str = "viridis", ncols: int = 4, clip: bool = True) -> Path:
     """A grid of images, one per ``(title, array (rows, cols))``; written to ``path`` (PNG).
 

@@ -15,9 +15,15 @@ from ._common import plt, save
 
 def draw(ds: xr.Dataset, figdir: Path, **_: Any) -> list[tuple[str, Path]]:
     """``clean.png``: for each cleaned channel, the pixel whose cleaning changed it most."""
+    fig = figure(ds)
+    return [] if fig is None else [("cleaning", save(fig, figdir / "clean.png", dpi=110))]
+
+
+def figure(ds: xr.Dataset) -> Any:
+    """The open Figure of :func:`draw` (None without a cleaned channel)."""
     names = [c for c in channels_in(ds) if f"{c}_clean" in ds]
     if not names:
-        return []
+        return None
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
     voltage = ds["voltage"].values if "voltage" in ds.coords else None
     grid = (ds.sizes["row"], ds.sizes["col"])
@@ -37,4 +43,4 @@ def draw(ds: xr.Dataset, figdir: Path, **_: Any) -> list[tuple[str, Path]]:
         ax.set_ylabel(units if units not in ("", "1") else "")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return [("cleaning", save(fig, figdir / "clean.png", dpi=110))]
+    return fig

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ..._errors import DataError
-from ._common import matplotlib, plt
+from ._common import matplotlib, plt, save
 
 __all__ = ["draw", "plot_all", "plot_clusters", "plot_nmf", "plot_pca"]
 
@@ -53,19 +53,17 @@ def _map(ax: Any, img: np.ndarray, title: str, cmap: str = "viridis", **kw: Any)
     return im
 
 
-def _save(fig: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _save(fig: Any, path: Path | None) -> Any:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save(fig, path, dpi=110)
 
 
 def _grid(da: xr.DataArray) -> bool:
     return da.dims[:2] == ("row", "col")
 
 
-def plot_pca(ds: xr.Dataset, path: str | Path, *, suffix: str = "", n_show: int = 8) -> Path:
+def plot_pca(ds: xr.Dataset, path: str | Path | None, *, suffix: str = "", n_show: int = 8) -> Any:
     """Score maps with each component beside it, and the explained variance.
 
     Parameters
@@ -118,7 +116,7 @@ def plot_pca(ds: xr.Dataset, path: str | Path, *, suffix: str = "", n_show: int 
     return _save(fig, path)
 
 
-def plot_nmf(ds: xr.Dataset, path: str | Path, *, suffix: str = "") -> Path:
+def plot_nmf(ds: xr.Dataset, path: str | Path | None, *, suffix: str = "") -> Any:
     """NMF abundance maps, each above its endmember curve.
 
     Parameters
@@ -159,7 +157,7 @@ def _curves(ds: xr.Dataset, channel: str) -> tuple[np.ndarray, str]:
     return np.asarray(da.values, dtype=float).reshape(-1, da.sizes["step"]), str(da.attrs.get("units", ""))
 
 
-def plot_clusters(ds: xr.Dataset, path: str | Path, *, name: str = "divisive", channel: str | None = None,
+def plot_clusters(ds: xr.Dataset, path: str | Path | None, *, name: str = "divisive", channel: str | None = None,
                   suffix: str = "") -> Path:
     """Cluster map and the mean loop (± one standard deviation) of each cluster in its colour.
 

@@ -14,12 +14,12 @@ import xarray as xr
 
 from ...loops._fit import LoopFitResult
 from ...loops._metrics import METRICS
-from ._common import DPI, plt
+from ._common import plt, save
 
 __all__ = ["draw", "example_pixels", "plot_loop_examples", "plot_loop_maps"]
 
 
-def plot_loop_maps(res: LoopFitResult, path: str | Path) -> Path:
+def plot_loop_maps(res: LoopFitResult, path: str | Path | None) -> Any:
     """One map per switching parameter plus R2, on the pixel grid.
 
     Parameters
@@ -29,7 +29,6 @@ def plot_loop_maps(res: LoopFitResult, path: str | Path) -> Path:
     path : str or Path
         PNG file to write.
     """
-    path = Path(path)
     grid = res.grid or (1, res.r2.size)
     names = list(METRICS) + ["r2"]
     ncol = 4
@@ -52,9 +51,7 @@ def plot_loop_maps(res: LoopFitResult, path: str | Path) -> Path:
         ax.axis("off")
     fig.suptitle(f"loop fits ({res.model}): switching maps", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def example_pixels(r2: np.ndarray, n: int = 12) -> np.ndarray:
@@ -68,7 +65,7 @@ def example_pixels(r2: np.ndarray, n: int = 12) -> np.ndarray:
     return order[picks]
 
 
-def plot_loop_examples(res: LoopFitResult, data: np.ndarray, path: str | Path,
+def plot_loop_examples(res: LoopFitResult, data: np.ndarray, path: str | Path | None,
                        n: int = 12) -> Path:
     """Data and fit of example pixels chosen across the R2 range, including the worst.
 
@@ -82,7 +79,6 @@ def plot_loop_examples(res: LoopFitResult, data: np.ndarray, path: str | Path,
     n : int
         Number of example pixels.
     """
-    path = Path(path)
     data = np.asarray(data, dtype=float).reshape(res.r2.size, -1)
     idx = example_pixels(res.r2, n)
     ncol = 4
@@ -106,9 +102,7 @@ def plot_loop_examples(res: LoopFitResult, data: np.ndarray, path: str | Path,
     fig.suptitle(f"loop fits ({res.model}): examples from worst to best R2 "
                  "(red: descending sweep, blue: ascending)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def result_from_dataset(ds: xr.Dataset) -> LoopFitResult | None:
