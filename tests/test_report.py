@@ -272,3 +272,46 @@ def test_report_stage_records_summary(tmp_path):
     assert out is not ds and out.identical(ds)
     s = ctx.summary["report"]
     assert s["path"] == "report/index.html" and s["n_figures"] >= 3 and s["size_mb"] > 0
+
+
+def test_tables_say_what_they_show(run_dir):
+    page = (run_dir / "report" / "index.html").read_text(encoding="utf-8")
+    mech = page[page.index('<section id="mechanisms">'):page.index("</section>", page.index('<section id="mechanisms">'))]
+    # exactly the active neurons of the embedding (0, 2, 3 for piezoresponse; 2, 3, 5 for resonance)
+    piezo = mech[:mech.index("resonance:")]
+    assert re.findall(r"<td class=\"text\">neuron (\d+)</td>", piezo) == ["0", "2", "3"] * 2
+    assert "The 3 active neurons" in piezo
+    # eta² and F shaded each on its own scale: F (unbounded) cells are tinted too
+    f_cells = re.findall(r"<td style=\"background: rgba\([^)]*\)\">([0-9.e+]+)</td></tr>", piezo)
+    assert f_cells and any(float(v) > 1 for v in f_cells)
+    # cleaning: how many points were replaced and why
+    cleaning = page[page.index('<section id="cleaning">'):page.index('<section id="loops">')]
+    assert "points farthest from a Savitzky-Golay fit" in cleaning and "3 x 120 pixels" in cleaning
+    # captions in words, not file names
+    assert "<figcaption>Raw (grey) and cleaned (blue) curve" in page
+    assert "<figcaption>clean</figcaption>" not in page
+
+
+def test_summary_min_max_are_finite_and_units_of_one_are_blank(tmp_path):
+    ds, _ = fake_results(rows=3, cols=4)
+    ds["piezoresponse"].values[0, 0, :2] = [np.inf, np.nan]
+    ds["quality_factor"] = (("row", "col", "step"), np.full((3, 4, 32), 200.0), {"units": "1"})
+    ds.to_netcdf(tmp_path / "results.nc", engine="h5netcdf")
+    page = build_report(tmp_path).read_text(encoding="utf-8")
+    row = re.search(r"<td class=\"text\">piezoresponse</td>(.*?)</tr>", page).group(1)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert "NaN" not in cells and "inf" not in " ".join(cells).lower()
+    q = re.search(r"<td class=\"text\">quality_factor</td><td class=\"text\">([^<]*)</td>", page)
+    assert q and q.group(1) == ""
+
+
+def test_empty_switching_maps_are_explained():
+    from switchscope.report.html import _loops_table
+
+    ds, _ = fake_results(rows=3, cols=4)
+    nuc = np.ones((3, 4))
+    nuc[0, :2] = np.nan
+    ds["loop_nucleation_pos"] = (("row", "col"), nuc)
+    text = _loops_table(ds)
+    assert "loop_nucleation_pos" in text and "nucleation fraction inside the voltage range" in text
+    assert "16.7%" in text
