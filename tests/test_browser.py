@@ -142,8 +142,16 @@ def _click_pixel(page, map_name, r, c):
     canvas = page.locator(f'canvas.ss-map[data-name="{map_name}"]')
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
-    n_rows, n_cols = int(canvas.get_attribute("height")), int(canvas.get_attribute("width"))
+    n_rows, n_cols = int(canvas.get_attribute("data-rows")), int(canvas.get_attribute("data-cols"))
     page.mouse.click(box["x"] + (c + 0.5) * box["width"] / n_cols, box["y"] + (r + 0.5) * box["height"] / n_rows)
+
+
+def _hover_pixel(page, selector, r, c):
+    canvas = page.locator(selector)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    n_rows, n_cols = int(canvas.get_attribute("data-rows")), int(canvas.get_attribute("data-cols"))
+    page.mouse.move(box["x"] + (c + 0.5) * box["width"] / n_cols, box["y"] + (r + 0.5) * box["height"] / n_rows)
 
 
 @pytest.mark.parametrize("map_name,r,c", [("loop_height", 3, 7), ("embedding_piezoresponse[0]", 10, 0)])
@@ -223,3 +231,61 @@ def test_subsampled_grid_maps_clicks_to_original_pixels(browser, tmp_path):
         np.testing.assert_allclose(got, ds["piezoresponse_clean"].values[8, 6], atol=1e-3 * span)
     finally:
         page.close()
+
+
+def test_hover_shows_the_value_of_results_nc(opened, results):
+    page = opened[0]
+    _hover_pixel(page, 'canvas.ss-map[data-name="loop_coercive_pos"]', 5, 2)
+    assert page.get_attribute("#ss-hover", "data-row") == "5" and page.get_attribute("#ss-hover", "data-col") == "2"
+    got = float(page.get_attribute("#ss-hover", "data-value"))
+    ref = results["loop_coercive_pos"].values
+    assert abs(got - ref[5, 2]) <= 1e-3 * float(np.ptp(ref))
+    assert "loop_coercive_pos at row 5, col 2" in page.inner_text("#ss-hover")
+
+
+def test_clicking_draws_the_cross_hair(opened):
+    page = opened[0]
+    _click_pixel(page, "loop_height", 7, 4)
+    name = 'canvas.ss-map[data-name="loop_height"]'
+    assert page.get_attribute(name, "data-selected") == "7,4"
+    # the vertical line of the cross-hair runs through column 4, at the top of the map: black
+    rgb = page.evaluate(f"""(() => {{ const c = document.querySelector('{name}'), s = +c.dataset.scale;
+        return Array.from(c.getContext('2d').getImageData(Math.floor(4.5 * s), 1, 1, 1).data.slice(0, 3)); }})()""")
+    assert max(rgb) < 60, rgb
+    # and both branches are drawn, the ascending one dashed
+    assert page.locator('#ss-panel-0 polyline[data-branch="up"][stroke-dasharray]').count() > 0
+    assert page.locator('#ss-panel-0 polyline[data-branch="down"]:not([stroke-dasharray])').count() > 0
+
+
+def test_cube_slider_maps_the_chosen_step(opened, results):
+    page = opened[0]
+    page.select_option("#ss-cube-var", label="piezoresponse_clean")
+    page.locator("#ss-cube-step").fill("10")
+    assert page.get_attribute("#ss-cube", "data-step") == "10"
+    assert page.get_attribute("#ss-cube", "data-variable") == "piezoresponse_clean"
+    _hover_pixel(page, "#ss-cube", 3, 6)
+    ref = results["piezoresponse_clean"].values
+    got = float(page.get_attribute("#ss-hover", "data-value"))
+    assert abs(got - ref[3, 6, 10]) <= 1e-3 * float(np.nanmax(ref) - np.nanmin(ref))
+    before = page.evaluate("document.getElementById('ss-cube').toDataURL()")
+    page.locator("#ss-cube-step").fill("25")
+    assert page.evaluate("document.getElementById('ss-cube').toDataURL()") != before
+
+
+def test_csv_export_matches_results_nc(opened, results, tmp_path):
+    page = opened[0]
+    _click_pixel(page, "loop_height", 2, 8)
+    with page.expect_download() as info:
+        page.click("#ss-csv")
+    path = tmp_path / "pixel.csv"
+    info.value.save_as(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# switchscope explorer: pixel row 2, col 8"
+    header = lines[1].split(",")
+    table = np.array([[float(x) if x else np.nan for x in ln.split(",")] for ln in lines[2:]])
+    np.testing.assert_allclose(table[:, 0], results["voltage"].values)
+    for j, var in enumerate(header[1:], start=1):
+        ref = results[var].values[2, 8]
+        span = float(np.nanmax(results[var].values) - np.nanmin(results[var].values))
+        np.testing.assert_array_equal(np.isnan(table[:, j]), np.isnan(ref))
+        np.testing.assert_allclose(table[:, j], ref, atol=1e-3 * span, equal_nan=True)

@@ -172,7 +172,9 @@ def _maps(ds: xr.Dataset) -> list[tuple[str, np.ndarray, bool]]:
 
     out: list[tuple[str, np.ndarray, bool]] = []
     for v in _grid_vars(ds):
-        out.append((v, ds[v].values.astype(float), v.startswith("cluster_") or ds[v].dtype.kind in "iub"))
+        # labels get a categorical palette; counts (loop_n_iter) and measures a continuous one
+        labels = v.startswith("cluster_") or v in ("loop_status",) or ds[v].dtype.kind == "b"
+        out.append((v, ds[v].values.astype(float), labels))
     for ch in CHANNELS:
         if f"embedding_{ch}" in ds:
             emb = ds[f"embedding_{ch}"].transpose("row", "col", ...).values
@@ -218,6 +220,21 @@ def _colormap(name: str, n: int = 256) -> list[list[int]]:
     return (np.asarray(cmap(np.linspace(0, 1, n)))[:, :3] * 255).round().astype(int).tolist()
 
 
+def _descending(voltage: np.ndarray) -> np.ndarray:
+    """True at the steps of the descending sweep (the waveform's own branches)."""
+    from ..loops import sweep_masks
+
+    try:
+        return np.asarray(sweep_masks(np.asarray(voltage, float)), bool)
+    except Exception:  # noqa: BLE001 - a voltage that is no sweep (steps only): one branch
+        return np.zeros(len(voltage), bool)
+
+
+def _gradient(n: int = 9) -> str:
+    stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in _colormap("viridis", n))
+    return f"linear-gradient(to right, {stops})"
+
+
 def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4,
                      channels: tuple[str, ...] = ("piezoresponse", "resonance")) -> dict[str, Any]:
     """The explorer's data: maps, per-pixel curves and generated curves, quantized.
@@ -241,6 +258,7 @@ def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4
         "grid": [rows, cols], "stride": stride, "sub_grid": [len(ri), len(ci)],
         "rows_idx": ri.tolist(), "cols_idx": ci.tolist(), "voltage": voltage.tolist(),
         "colormap": _colormap("viridis"), "categorical": _colormap("tab10", 10),
+        "descending": _descending(voltage).tolist(),
         "maps": [], "panels": [], "generated": [],
     }
     for label, arr, categorical in _maps(ds):
@@ -248,7 +266,10 @@ def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4
         block = _quantize(sub, digits if not categorical else 8)
         finite = sub[np.isfinite(sub)]
         lo, hi = (np.percentile(finite, [1, 99]).tolist() if finite.size else [0.0, 1.0])
-        payload["maps"].append({"name": label, "categorical": bool(categorical), "vmin": lo, "vmax": hi, **block})
+        base = label.split("[")[0]
+        units = _unit(ds[base].attrs.get("units", "")) if base in ds else ""
+        payload["maps"].append({"name": label, "categorical": bool(categorical), "vmin": lo, "vmax": hi,
+                                "units": units, **block})
     for ch, series in _panels(ds, channels):
         blocks = []
         for name, var in series:
@@ -550,14 +571,43 @@ def _explorer_section(payload: dict[str, Any]) -> str:
         parts.append(f'<p class="note" id="ss-subsampled">The grid of {payload["grid"][0]} x {payload["grid"][1]} '
                      f'pixels is subsampled for the explorer: one row and one column in {payload["stride"]} '
                      f'({payload["sub_grid"][0]} x {payload["sub_grid"][1]} pixels).</p>')
+    rows, cols = payload["sub_grid"]
+    scale = max(1, 240 // max(rows, cols, 1))  # drawn at scale x scale per pixel: a crisp cross-hair
+
+    def canvas(attrs: str) -> str:
+        return (f'<canvas {attrs} data-rows="{rows}" data-cols="{cols}" data-scale="{scale}" '
+                f'width="{cols * scale}" height="{rows * scale}"></canvas>')
+
+    def bar(m: Mapping[str, Any]) -> str:
+        if m["categorical"]:
+            return '<div class="ss-cbar-labels"><span>labels: one colour each</span></div>'
+        return (f'<div class="ss-cbar" style="background: {_gradient()}"></div><div class="ss-cbar-labels">'
+                f'<span>{_fmt(m["vmin"])}</span><span>{_e(m["units"])} (1-99 % range)</span>'
+                f'<span>{_fmt(m["vmax"])}</span></div>')
+
     if payload["maps"]:
         maps = "".join(
-            f'<figure><canvas class="ss-map" data-index="{i}" data-name="{_e(m["name"])}" '
-            f'width="{payload["sub_grid"][1]}" height="{payload["sub_grid"][0]}"></canvas>'
-            f'<figcaption>{_e(m["name"])}</figcaption></figure>' for i, m in enumerate(payload["maps"]))
-        parts.append('<p class="note">Click a pixel on any map to see its curves.</p>'
-                     f'<div id="ss-maps">{maps}</div>')
+            "<figure>" + canvas(f'class="ss-map" data-index="{i}" data-name="{_e(m["name"])}"')
+            + f'{bar(m)}<figcaption>{_e(m["name"])}</figcaption></figure>' for i, m in enumerate(payload["maps"]))
+        parts.append('<p class="note">Click a pixel on any map to see its curves; hover to read a value.</p>'
+                     f'<div id="ss-hover" class="note">&nbsp;</div><div id="ss-maps">{maps}</div>')
+    if payload["panels"]:
+        opts = "".join(f'<option value="{pi}:{si}">{_e(s["variable"])}</option>'
+                       for pi, p in enumerate(payload["panels"]) for si, s in enumerate(p["series"]))
+        parts.append(
+            '<h3>Data cube</h3><p class="note">A map of any curve variable at one voltage step; the colour '
+            'scale spans the variable\'s full range at every step.</p><div class="ss-gen-controls">'
+            f'<label>variable <select id="ss-cube-var">{opts}</select></label>'
+            f'<label>step <input type="range" id="ss-cube-step" min="0" max="{len(payload["voltage"]) - 1}" '
+            'step="1" value="0"></label><span id="ss-cube-value"></span></div>'
+            + "<figure>" + canvas('id="ss-cube" class="ss-cube" data-name="cube"')
+            + f'<div class="ss-cbar" style="background: {_gradient()}"></div>'
+            '<div class="ss-cbar-labels"><span id="ss-cube-min"></span><span id="ss-cube-units"></span>'
+            '<span id="ss-cube-max"></span></div></figure>')
     parts.append('<div id="ss-pixel"></div>')
+    if payload["panels"]:
+        parts.append('<p class="note">Solid: descending sweep; dashed: ascending sweep. '
+                     '<button type="button" id="ss-csv">Download this pixel\'s curves (CSV)</button></p>')
     if payload["panels"]:
         colors = {"raw": "#999999", "clean": "#1f77b4", "fit": "#d62728", "reconstruction": "#2ca02c"}
         boxes = []

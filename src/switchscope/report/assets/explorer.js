@@ -59,19 +59,111 @@
     return D.colormap[Math.round(t * (D.colormap.length - 1))];
   }
 
-  function drawMap(canvas, map) {
+  /* Paint values (one per sub-grid pixel) at S x S screen pixels each, then the cross-hair. */
+  function paint(canvas, vals, scaleMap) {
     var ctx = canvas.getContext("2d");
-    var R = D.sub_grid[0], C = D.sub_grid[1];
-    var vals = decode(map, 0, nSub);
-    var img = ctx.createImageData(C, R);
-    for (var i = 0; i < nSub; i++) {
-      var col = colorFor(map, vals[i]);
-      img.data[4 * i] = col[0]; img.data[4 * i + 1] = col[1]; img.data[4 * i + 2] = col[2];
-      img.data[4 * i + 3] = 255;
+    var R = D.sub_grid[0], C = D.sub_grid[1], S = +canvas.getAttribute("data-scale") || 1;
+    var img = ctx.createImageData(C * S, R * S);
+    for (var r = 0; r < R; r++) {
+      for (var c = 0; c < C; c++) {
+        var col = colorFor(scaleMap, vals[r * C + c]);
+        for (var dy = 0; dy < S; dy++) {
+          for (var dx = 0; dx < S; dx++) {
+            var o = 4 * ((r * S + dy) * C * S + c * S + dx);
+            img.data[o] = col[0]; img.data[o + 1] = col[1]; img.data[o + 2] = col[2]; img.data[o + 3] = 255;
+          }
+        }
+      }
     }
     ctx.putImageData(img, 0, 0);
-    ctx.fillStyle = "rgba(255,0,0,0.9)";
-    ctx.fillRect(selected.c, selected.r, 1, 1);
+    /* cross-hair: lines through the selected pixel, white under black so it shows on any colour */
+    /* on pixel centres (+0.5) so that a 1-pixel line is crisp, not two grey half-pixels */
+    var x = Math.floor((selected.c + 0.5) * S) + 0.5, y = Math.floor((selected.r + 0.5) * S) + 0.5;
+    [["rgba(255,255,255,0.9)", 3], ["rgba(0,0,0,0.9)", 1]].forEach(function (p) {
+      ctx.strokeStyle = p[0]; ctx.lineWidth = p[1];
+      ctx.beginPath();
+      ctx.moveTo(0, y); ctx.lineTo(x - S, y); ctx.moveTo(x + S, y); ctx.lineTo(C * S, y);
+      ctx.moveTo(x, 0); ctx.lineTo(x, y - S); ctx.moveTo(x, y + S); ctx.lineTo(x, R * S);
+      ctx.strokeRect(selected.c * S, selected.r * S, S, S);
+      ctx.stroke();
+    });
+    canvas.setAttribute("data-selected", selected.r + "," + selected.c);
+  }
+
+  function drawMap(canvas, map) { paint(canvas, decode(map, 0, nSub), map); }
+
+  function pixelAt(canvas, ev) {
+    var rect = canvas.getBoundingClientRect();
+    var c = Math.floor((ev.clientX - rect.left) / rect.width * D.sub_grid[1]);
+    var r = Math.floor((ev.clientY - rect.top) / rect.height * D.sub_grid[0]);
+    return {r: Math.max(0, Math.min(D.sub_grid[0] - 1, r)), c: Math.max(0, Math.min(D.sub_grid[1] - 1, c))};
+  }
+
+  function onMapHover(ev) {
+    var canvas = ev.currentTarget, p = pixelAt(canvas, ev), k = p.r * D.sub_grid[1] + p.c, name, units, v;
+    if (canvas.id === "ss-cube") {
+      var s = cubeSeries(), step = +cubeStep.value;
+      v = s.values[k * nSteps + step]; name = s.variable + " at " + fmt(D.voltage[step], 3) + " V"; units = cubeUnits();
+    } else {
+      var map = D.maps[+canvas.getAttribute("data-index")];
+      v = map.values[k]; name = map.name; units = map.units;
+    }
+    var box = document.getElementById("ss-hover");
+    var text = name + " at row " + D.rows_idx[p.r] + ", col " + D.cols_idx[p.c] + ": " +
+      (isNaN(v) ? "no value (NaN)" : fmt(v, 4) + (units ? " " + units : ""));
+    box.textContent = text;
+    box.setAttribute("data-value", isNaN(v) ? "NaN" : String(v));
+    box.setAttribute("data-row", D.rows_idx[p.r]); box.setAttribute("data-col", D.cols_idx[p.c]);
+  }
+
+  /* data cube: any curve variable at one voltage step */
+  var cubeVar = document.getElementById("ss-cube-var"), cubeStep = document.getElementById("ss-cube-step");
+
+  function cubeSeries() {
+    var ij = cubeVar.value.split(":");
+    return D.panels[+ij[0]].series[+ij[1]];
+  }
+
+  function cubeUnits() { return D.panels[+cubeVar.value.split(":")[0]].units; }
+
+  function drawCube() {
+    var canvas = document.getElementById("ss-cube");
+    if (!canvas) { return; }
+    var s = cubeSeries(), step = +cubeStep.value, vals = new Array(nSub);
+    if (s.vmin === undefined) {
+      var lo = Infinity, hi = -Infinity;
+      for (var i = 0; i < s.values.length; i++) { var x = s.values[i]; if (!isNaN(x)) { lo = Math.min(lo, x); hi = Math.max(hi, x); } }
+      s.vmin = lo; s.vmax = hi;
+    }
+    for (var k = 0; k < nSub; k++) { var v = s.values[k * nSteps + step]; vals[k] = isNaN(v) ? null : v; }
+    paint(canvas, vals, {categorical: false, vmin: s.vmin, vmax: s.vmax});
+    canvas.setAttribute("data-variable", s.variable); canvas.setAttribute("data-step", step);
+    document.getElementById("ss-cube-value").textContent =
+      "step " + (step + 1) + "/" + nSteps + ": " + fmt(D.voltage[step], 3) + " V";
+    document.getElementById("ss-cube-min").textContent = fmt(s.vmin, 4);
+    document.getElementById("ss-cube-max").textContent = fmt(s.vmax, 4);
+    document.getElementById("ss-cube-units").textContent = (cubeUnits() || "") + " (full range)";
+  }
+
+  /* the clicked pixel's curves as CSV: voltage, then one column per series */
+  function csvText() {
+    var k = selected.r * D.sub_grid[1] + selected.c, cols = [], head = ["voltage_V"];
+    D.panels.forEach(function (panel) {
+      panel.series.forEach(function (s) { head.push(s.variable); cols.push(decode(s, k * nSteps, nSteps)); });
+    });
+    var lines = ["# switchscope explorer: pixel row " + D.rows_idx[selected.r] + ", col " + D.cols_idx[selected.c],
+                 head.join(",")];
+    for (var i = 0; i < nSteps; i++) {
+      lines.push([D.voltage[i]].concat(cols.map(function (c) { return c[i] === null ? "" : c[i]; })).join(","));
+    }
+    return lines.join("\n") + "\n";
+  }
+
+  function downloadCsv() {
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([csvText()], {type: "text/csv"}));
+    a.download = "pixel_r" + D.rows_idx[selected.r] + "_c" + D.cols_idx[selected.c] + ".csv";
+    document.body.appendChild(a); a.click(); a.remove();
   }
 
   function drawAllMaps() {
@@ -119,17 +211,24 @@
       t.textContent = Number(p[0]).toPrecision(3) + " V"; svg.appendChild(t);
     });
     series.forEach(function (s) {
-      var segs = [], cur = [];
+      /* one polyline per run of finite values on one branch: solid descending, dashed ascending */
+      var segs = [], cur = [], branch = null;
       s.values.forEach(function (v, i) {
-        if (v === null || !isFinite(v)) { if (cur.length) { segs.push(cur); cur = []; } }
-        else { cur.push(px(xs[i]).toFixed(1) + "," + py(v).toFixed(1)); }
+        var b = D.descending[i] ? "down" : "up";
+        if (v === null || !isFinite(v) || (branch !== null && b !== branch)) {
+          if (cur.length) { segs.push({pts: cur, branch: branch}); }
+          cur = (v === null || !isFinite(v) || !cur.length) ? [] : [cur[cur.length - 1]];
+        }
+        if (v !== null && isFinite(v)) { cur.push(px(xs[i]).toFixed(1) + "," + py(v).toFixed(1)); branch = b; }
       });
-      if (cur.length) { segs.push(cur); }
+      if (cur.length) { segs.push({pts: cur, branch: branch}); }
       var g = el("g", {"class": "ss-series", "data-series": s.name, "data-var": s.variable || "",
                        "data-values": JSON.stringify(s.values)});
       segs.forEach(function (seg) {
-        g.appendChild(el("polyline", {points: seg.join(" "), fill: "none", stroke: s.color,
-                                      "stroke-width": s.width || 1.5}));
+        var attrs = {points: seg.pts.join(" "), fill: "none", stroke: s.color, "stroke-width": s.width || 1.5,
+                     "data-branch": seg.branch};
+        if (seg.branch === "up") { attrs["stroke-dasharray"] = "5 3"; }
+        g.appendChild(el("polyline", attrs));
       });
       svg.appendChild(g);
     });
@@ -151,13 +250,11 @@
       svg.setAttribute("data-row", row); svg.setAttribute("data-col", col);
     });
     drawAllMaps();
+    drawCube();
   }
 
   function onMapClick(ev) {
-    var canvas = ev.currentTarget, rect = canvas.getBoundingClientRect();
-    var c = Math.floor((ev.clientX - rect.left) / rect.width * D.sub_grid[1]);
-    var r = Math.floor((ev.clientY - rect.top) / rect.height * D.sub_grid[0]);
-    selected = {r: Math.max(0, Math.min(D.sub_grid[0] - 1, r)), c: Math.max(0, Math.min(D.sub_grid[1] - 1, c))};
+    selected = pixelAt(ev.currentTarget, ev);
     showPixel();
   }
 
@@ -196,8 +293,18 @@
   }
 
   function start() {
-    var canvases = document.querySelectorAll("canvas.ss-map");
-    for (var i = 0; i < canvases.length; i++) { canvases[i].addEventListener("click", onMapClick); }
+    var canvases = document.querySelectorAll("canvas.ss-map, canvas.ss-cube");
+    for (var i = 0; i < canvases.length; i++) {
+      canvases[i].addEventListener("click", onMapClick);
+      canvases[i].addEventListener("mousemove", onMapHover);
+    }
+    if (cubeVar) {
+      cubeVar.addEventListener("change", drawCube);
+      cubeStep.addEventListener("input", drawCube);
+      cubeStep.addEventListener("change", drawCube);
+    }
+    var csv = document.getElementById("ss-csv");
+    if (csv) { csv.addEventListener("click", downloadCsv); }
     if (D.panels.length || D.maps.length) { showPixel(); }
     if (genChannel && D.generated.length) {
       genChannel.addEventListener("change", function () { fillNeurons(); showGen(); });
