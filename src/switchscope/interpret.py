@@ -31,6 +31,7 @@ from ._dataset import CHANNELS
 from ._errors import ConfigError, DataError, DataWarning
 from ._embedding import active_neurons
 from ._grid import flatten
+from .paper import TRUTH_MAPS as _TRUTH
 
 __all__ = [
     "Generated",
@@ -46,16 +47,7 @@ __all__ = [
 Decoder = Callable[[np.ndarray], Any]
 
 #: Ground-truth maps of the synthetic dataset that neurons are compared with.
-TRUTH_MAPS = (
-    "truth_domain",
-    "truth_band_position",
-    "truth_c_fraction",
-    "truth_three_state",
-    "truth_hardening",
-    "truth_coercive_pos",
-    "truth_coercive_neg",
-    "truth_imprint",
-)
+TRUTH_MAPS = tuple(_TRUTH)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
         check_device(cfg.device, "[autoencoder] device")
         if pretrained == "paper":
             from .autoencoder.keras import pretrained_directory
-            from .autoencoder.stage import PAPER_STEPS
+            from .paper import PAPER_STEPS
 
             pretrained_directory()
             if int(ds.sizes["step"]) != PAPER_STEPS:

@@ -59,6 +59,7 @@ from ._context import RunContext
 from ._dataset import CHANNELS
 from ._dataset import make_dataset as _make_channels
 from ._errors import DataError
+from .paper import TRUTH_MAPS, paper_voltage  # TRUTH_MAPS re-exported
 
 __all__ = [
     "SyntheticConfig",
@@ -70,17 +71,6 @@ __all__ = [
     "truth_scores",
 ]
 
-#: Ground-truth maps (row, col) and what they hold.
-TRUTH_MAPS: dict[str, str] = {
-    "truth_domain": "0 = c/a band, 1 = a1/a2 band",
-    "truth_band_position": "position across the band, 0 peak side .. 1 valley side",
-    "truth_c_fraction": "pixel-averaged fraction of out-of-plane (c) domains, 0..1",
-    "truth_three_state": "weight of the three-state ferroelastic step, 0..1",
-    "truth_hardening": "strength of elastic hardening before switching, 0..1",
-    "truth_coercive_pos": "coercive voltage of the ascending branch (V)",
-    "truth_coercive_neg": "coercive voltage of the descending branch (V)",
-    "truth_imprint": "(coercive_pos + coercive_neg) / 2 (V)",
-}
 
 # The paper's scan is 60 x 60 pixels; lengths below are in pixels of that scan.
 _FOV = 60.0
@@ -169,11 +159,8 @@ def paper_waveform(n_steps: int = 96, v_max: float = 16.0) -> np.ndarray:
     -------
     voltage : ndarray of shape (n_steps,)
     """
-    cfg = SyntheticConfig(n_steps=n_steps, v_max=v_max)
-    n, half = int(cfg.n_steps), int(cfg.n_steps) // 2
-    dv = 2.0 * float(cfg.v_max) / half
-    i = np.arange(n)
-    return np.where(i <= half, cfg.v_max - dv * i, -cfg.v_max + dv * (i - half))
+    cfg = SyntheticConfig(n_steps=n_steps, v_max=v_max)  # checks: an even number of steps
+    return paper_voltage(int(cfg.n_steps), float(cfg.v_max))
 
 
 def sho_response(freq: np.ndarray, amplitude: np.ndarray, phase_deg: np.ndarray,

@@ -42,6 +42,8 @@ import torch
 from torch import nn
 
 from .._errors import ConfigError, DataError, FormatError
+# the paper's batch-norm epsilon and sequence length (RepeatVector(96)), used when a file holds no config
+from ..paper import KERAS_BN_EPSILON, PAPER_STEPS
 from ._hardlstm import activation, lstm_stack, prepare_weights
 
 __all__ = [
@@ -59,10 +61,6 @@ PretrainedChannel = Literal["piezoresponse", "resonance"]
 DecoderChoice = Literal["refined", "autoencoder"]
 DTypeLike = Literal["float32", "float64"] | torch.dtype
 
-#: Keras 2.1.5 default BatchNormalization epsilon (used when a file holds no config).
-KERAS_BN_EPSILON = 1e-3
-#: The paper's sequence length (RepeatVector(96)), used when a file holds no config.
-PAPER_N_STEPS = 96
 #: Environment variable naming the directory of the published networks.
 PRETRAINED_ENV = "SWITCHSCOPE_PRETRAINED_DIR"
 
@@ -797,7 +795,7 @@ def _load(weights: str | os.PathLike, architecture: str | os.PathLike | dict | l
             if arch_path is not None:
                 specs = _read_architecture(arch_path)
         if specs is None:
-            specs = _infer_architecture(root, path, n_steps or PAPER_N_STEPS)
+            specs = _infer_architecture(root, path, n_steps or PAPER_STEPS)
         elif n_steps is not None:
             for s in specs:
                 if s["type"] == "repeat":
@@ -824,7 +822,7 @@ def _load(weights: str | os.PathLike, architecture: str | os.PathLike | dict | l
             f"the architecture takes {steps_in} steps but repeats its embedding to {repeats[0]} steps; "
             "the config is inconsistent"
         )
-    steps = repeats[0] if repeats else (steps_in or PAPER_N_STEPS)
+    steps = repeats[0] if repeats else (steps_in or PAPER_STEPS)
     model = cls(layers, specs, path, reader.consumed, steps)
     model.architecture_path = arch_path
     if device is not None:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..paper import KERAS_BN_EPSILON
+
 #: Keras 2.1.5 BatchNormalization defaults used by the published networks (epsilon is exact there
 #: because the last batch norm's moving variances are tiny; momentum 0.99 is torch's 0.01).
-BN_EPS = 1e-3
+BN_EPS = KERAS_BN_EPSILON
 BN_MOMENTUM = 0.01
 
 

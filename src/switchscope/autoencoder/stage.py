@@ -34,12 +34,12 @@ from .._context import RunContext
 from .._errors import DataError, DataWarning
 from .._grid import flatten, unflatten
 from .model import n_parameters
-from .train import PAPER_L1, Autoencoder, AutoencoderConfig, active_neurons
+from ..paper import PAPER_L1, PAPER_STEPS
+from .train import Autoencoder, AutoencoderConfig, active_neurons
 
 __all__ = ["stage", "AutoencoderConfig"]
 
 #: Sequence length of the published networks.
-PAPER_STEPS = 96
 
 
 def _normalization(var: xr.DataArray, X: np.ndarray) -> tuple[float, float]:

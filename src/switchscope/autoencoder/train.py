@@ -34,16 +34,12 @@ from .._config import StageConfig, register
 from .._dataset import CHANNELS
 from .._embedding import active_neurons  # noqa: F401  (re-exported: one definition)
 from .._errors import ConfigError, ConvergenceWarning, DataError, NotFittedError, OutputError
+from ..paper import PAPER_BATCH, PAPER_L1  # noqa: F401 (re-exported)
 from .model import SparseLSTMAutoencoder
 
 Schedule = Literal["constant", "cosine", "onecycle"]
 L1Reduction = Literal["mean", "sum"]
 
-#: The paper's activity penalties (Keras 2.1.5 ``activity_regularizer=l1(...)``).
-PAPER_L1: dict[str, float] = {"piezoresponse": 1e-5, "resonance": 1e-4}
-#: The paper's batch size; Keras 2.1.5 sums the activity penalty over the batch, so the paper's
-#: per-loop strength is ``PAPER_L1 * PAPER_BATCH``.
-PAPER_BATCH = 1800
 #: Penalty for a channel the paper did not train (the stronger of the two).
 DEFAULT_L1 = 1e-4
 

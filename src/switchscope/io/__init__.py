@@ -13,7 +13,7 @@ from .describe import describe
 from .matlab import MatV5Reader, MatV73Reader
 from .netcdf import NetCDFReader, save
 from .npy import NpyReader, NpzReader
-from .waveform import paper_voltage
+from ..paper import paper_voltage
 
 __all__ = [
     "PAPER_KEYS",

@@ -13,7 +13,7 @@ import xarray as xr
 from .._dataset import CHANNELS, check_channel, check_voltage, make_dataset
 from .._errors import DataError, FormatError
 from .._grid import unflatten
-from .waveform import paper_voltage
+from ..paper import paper_voltage
 
 PathLike = Union[str, os.PathLike]
 #: A voltage option: an array of volts (one per step) or ``"paper"`` for :func:`paper_voltage`.
