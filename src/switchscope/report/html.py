@@ -349,7 +349,8 @@ def _img(path: Path, caption: str) -> str:
 
 
 def _section(sid: str, title: str, body: str) -> tuple[str, str, str]:
-    return sid, title, f'<section id="{_e(sid)}"><h2>{_e(title)}</h2>{body}</section>'
+    """``(id, heading, body)``: the body is HTML built by this module's escaping helpers."""
+    return sid, title, body
 
 
 #: Captions of the drawn figures, by file-name pattern ({ch}: the channel in the name).
@@ -630,6 +631,23 @@ def _explorer_section(payload: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _render_page(*, title: str, source: Any, stamp: str, sections: list[tuple[str, str, str]], data: str) -> str:
+    """The page from ``assets/page.html.j2``. The template engine escapes every value (title,
+    source, section ids and headings); the section bodies come from this module's helpers, which
+    escape what they insert, and the CSS, script and JSON data (no ``<``, ``>`` or ``&`` in it) go
+    in as they are."""
+    import jinja2
+    from markupsafe import Markup
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ASSETS)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("page.html.j2").render(
+        title=title, source=str(source), stamp=stamp,
+        sections=[{"id": sid, "title": head, "body": Markup(body)} for sid, head, body in sections],
+        css=Markup((ASSETS / "report.css").read_text(encoding="utf-8")),
+        js=Markup((ASSETS / "explorer.js").read_text(encoding="utf-8")), data=Markup(data))
+
+
 def _figure_files(figdir: Path) -> list[str]:
     return sorted(p.name for p in figdir.glob("*.png")) if figdir.is_dir() else []
 
@@ -722,27 +740,11 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
         sections.append(_section("other", "Other figures",
                                  "".join(_img(figdir / n, n.removesuffix(".png")) for n in other)))
 
-    nav = "".join(f'<li><a href="#{_e(sid)}">{_e(title)}</a></li>' for sid, title, _ in sections)
-    css = (ASSETS / "report.css").read_text(encoding="utf-8")
-    js = (ASSETS / "explorer.js").read_text(encoding="utf-8")
     source = ds.attrs.get("source", summary.get("dataset", {}).get("source", "") if isinstance(
         summary.get("dataset"), Mapping) else "")
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        # No request may leave the page: only inline scripts/styles and local files are allowed.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "img-src 'self' data: file:; media-src 'self' file:; style-src 'unsafe-inline'; "
-        "script-src 'unsafe-inline'\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{_e(config.title)}</title><style>{css}</style></head><body>"
-        f"<h1>{_e(config.title)}</h1>"
-        f"<p class=\"note\">Source: <span id=\"ss-source\">{_e(source)}</span>. Built {_e(stamp)}.</p>"
-        f"<nav><ul>{nav}</ul></nav>"
-        + "".join(s[2] for s in sections)
-        + f'<script type="application/json" id="ss-data">{_script_json(payload)}</script>'
-        f"<script>{js}</script></body></html>\n"
-    )
+    page = _render_page(
+        title=config.title, source=source, stamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        sections=sections, data=_script_json(payload))
     index = report_dir / "index.html"
     tmp = index.with_name(f".index.html.tmp-{os.getpid()}")
     try:
