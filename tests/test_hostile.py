@@ -461,3 +461,35 @@ def test_voltage_in_millivolts_is_refused(capsys, tmp_path):
     p = tmp_path / "mv.npz"
     np.savez(p, piezoresponse=ds["piezoresponse"].values, voltage=ds["voltage"].values * 1000)
     one_line_error(*run_cli(capsys, "info", p)[::2], "divide by 1000")
+
+
+def test_voltage_file_of_text_is_refused(capsys, tmp_path):
+    ds = make_dataset(rows=3, cols=3, seed=1, artifacts=False)
+    data = tmp_path / "loops.npy"
+    np.save(data, ds["piezoresponse"].values)
+    v = tmp_path / "v.npy"
+    np.save(v, np.array(["16 V"] * 96))
+    one_line_error(*run_cli(capsys, "info", data, "--voltage", v)[::2], "not volts")
+
+
+def test_mat5_cells_are_never_loaded(capsys, tmp_path, monkeypatch):
+    """A cell may hide an array of any size that the variable headers do not show: only numeric
+    variables are read."""
+    import scipy.io as sio
+
+    p = tmp_path / "cells.mat"
+    cell = np.empty((1,), dtype=object)
+    cell[0] = np.zeros((200, 200))
+    sio.savemat(p, {"Loopdata_mixed": np.ones((2, 2, 8)), "Voltagedata_mixed": np.linspace(-1, 1, 8)[:, None],
+                    "notes": cell}, do_compression=True)
+    asked = []
+    real = sio.loadmat
+
+    def spy(path, *args, **kwargs):
+        asked.append(kwargs.get("variable_names"))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sio, "loadmat", spy)
+    code, out, err = run_cli(capsys, "info", p)
+    assert code == 0, err
+    assert asked and sorted(asked[-1]) == ["Loopdata_mixed", "Voltagedata_mixed"]

@@ -167,6 +167,8 @@ KILLER = textwrap.dedent("""
     real_rename, real_stage = _output._rename, pipeline.stage_function
 
     def rename(src, dst):
+        if when == "term-in-swap" and Path(dst).name.startswith(".o.old-"):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the swap runs: it must wait for its end
         if when == "between-renames" and Path(dst) == out.resolve():
             os.kill(os.getpid(), signal.SIGKILL)
         real_rename(src, dst)
@@ -193,7 +195,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("when", ["in-stage", "between-renames", "after-swap", "sigterm"])
+@pytest.mark.parametrize("when", ["in-stage", "between-renames", "after-swap", "sigterm", "term-in-swap"])
 def test_a_killed_run_loses_nothing(capsys, tmp_path, when):
     out = tmp_path / "o"
     assert run_cli(capsys, "run", "--out", out, "--stages", "clean", *SMALL)[0] == 0
@@ -208,14 +210,14 @@ def test_a_killed_run_loses_nothing(capsys, tmp_path, when):
                 break
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    if when == "sigterm":
+    if when in ("sigterm", "term-in-swap"):
         assert proc.returncode == 143, err
         assert "Traceback" not in err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["killer.py", "o"]
     else:
         assert proc.returncode == -signal.SIGKILL, err
-    if when == "after-swap":
-        assert snapshot(out) != before  # the new results made it
+    if when in ("after-swap", "term-in-swap"):
+        assert snapshot(out) != before  # the new results made it (the signal waited for the swap)
     elif when == "between-renames":
         assert not out.exists()  # the moment the recovery is for
     else:
@@ -254,3 +256,64 @@ def test_report_command_refuses_a_folder_switchscope_did_not_write(capsys, tmp_p
     code, _, err = run_cli(capsys, "report", folder)
     one_line_error(code, err, "did not write it")
     assert sorted(p.name for p in folder.iterdir()) == ["results.nc"]
+
+
+# -- found by review: the output changes under a run, lock files, report, markers ------------------
+def test_a_file_that_appears_in_out_during_the_run_is_kept(capsys, tmp_path, monkeypatch):
+    from switchscope import pipeline
+
+    out = tmp_path / "o"
+    assert run_cli(capsys, "run", "--out", out, "--stages", "clean", *SMALL)[0] == 0
+    real = pipeline.stage_function
+
+    def stage(name):
+        fn = real(name)
+
+        def wrapped(ds, cfg, ctx):
+            (out / "mine.txt").write_text("written while the run went on")
+            return fn(ds, cfg, ctx)
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "stage_function", stage)
+    code, _, err = run_cli(capsys, "run", "--out", out, "--force", "--stages", "clean", *SMALL)
+    one_line_error(code, err, "changed during the run")
+    assert (out / "mine.txt").read_text() == "written while the run went on"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(".o.partial-")]
+    assert kept and (kept[0] / "results.nc").is_file()  # the new results are not thrown away
+
+
+@pytest.mark.parametrize("kind", ["user file", "symlink"])
+def test_a_lock_file_name_that_is_not_ours_is_refused(capsys, tmp_path, kind):
+    lock = tmp_path / ".o.lock"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    else:
+        lock.write_text("my notes")
+    code, _, err = run_cli(capsys, "run", "--out", tmp_path / "o", "--stages", "clean", *SMALL)
+    one_line_error(code, err, "lock")
+    assert victim.read_text() == "precious"
+    assert lock.is_symlink() if kind == "symlink" else lock.read_text() == "my notes"
+
+
+def test_report_command_never_claims_a_users_file(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert run_cli(capsys, "run", "--out", out, "--stages", "clean,report", *SMALL)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "report", out)
+    one_line_error(code, err, "notes.txt")
+    assert "notes.txt" not in json.loads((out / _output.MARKER).read_text())["files"]
+    code, _, err = run_cli(capsys, "run", "--out", out, "--force", "--stages", "clean", *SMALL)
+    one_line_error(code, err, "notes.txt")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_marker_that_is_not_ours_counts_as_none(capsys, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "data.txt").write_text("mine")
+    (out / _output.MARKER).write_text(json.dumps({"run_id": "x", "files": 5}))
+    code, _, err = run_cli(capsys, "run", "--out", out, "--force", "--stages", "clean", *SMALL)
+    one_line_error(code, err, "only a folder written by switchscope")
+    assert (out / "data.txt").read_text() == "mine"

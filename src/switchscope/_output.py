@@ -68,7 +68,28 @@ def read_marker(folder: Path) -> dict | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
         return None
+    files = data.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None  # not what switchscope writes: treated as no marker
     return data
+
+
+def symlinks_in(folder: Path) -> list[str]:
+    """Symbolic links below ``folder`` (relative paths): switchscope never writes through one."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            if p.is_symlink():
+                out.append(p.relative_to(folder).as_posix())
+    return sorted(out)
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files below a run folder that its marker does not list (the user's), and symbolic links."""
+    marker = read_marker(folder)
+    listed = set(marker.get("files") or []) if marker else set()
+    return sorted((set(files_in(folder)) - listed) | set(symlinks_in(folder)))
 
 
 def write_marker(folder: Path, *, run_id: str, state: str, files: Iterable[str] = ()) -> None:
@@ -147,7 +168,7 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
             if marker is None:
                 raise OutputError(f"--force replaces only a folder written by switchscope, and {_q(out)} "
                                   f"has no {MARKER} file; choose another --out (your files there are kept)")
-            extra = sorted(set(files_in(out)) - set(marker.get("files") or []))
+            extra = foreign_files(out)
             if extra:
                 more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
                 raise OutputError(f"--force would delete {_q(extra[0])}{more} in {_q(out)}, which switchscope "
@@ -168,8 +189,11 @@ def locked(out: Path) -> Iterator[None]:
     lock = out.parent / f".{out.name}.lock"
     for _ in range(5):
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(lock)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"the lock file {_q(lock)} is a symbolic link; remove it (switchscope does "
+                                  "not write through links)") from None
             raise OutputError(f"cannot create the lock file {_q(lock)} ({exc.strerror}); check that the "
                               "folder is writable") from None
         try:
@@ -190,13 +214,32 @@ def locked(out: Path) -> Iterator[None]:
     else:
         raise OutputError(f"could not lock {_q(out)}; another run keeps replacing its lock file, try again")
     try:
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # ours (see _open_lock): an empty file or a PID
         os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)  # closing releases the lock
+
+
+def _open_lock(lock: Path) -> int:
+    """Open (or create) a lock file switchscope owns: never through a symbolic link, and never a
+    file with other content than a PID (a user's file of that name is refused, not emptied)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(lock, flags, 0o644)
+    try:
+        st = os.fstat(fd)
+        import stat as _stat
+
+        content = os.pread(fd, 64, 0) if _stat.S_ISREG(st.st_mode) and st.st_size <= 64 else b"x" * 65
+        if not _stat.S_ISREG(st.st_mode) or not (content == b"" or content.strip().isdigit()):
+            raise OutputError(f"{_q(lock)} exists and was not written by switchscope; move it away (it is "
+                              "the name of the lock of this --out)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
@@ -251,27 +294,66 @@ def begin(out: Path) -> tuple[Path, str]:
 
 
 @contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """SIGINT and SIGTERM wait while the swap runs (they arrive right after it)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait while the swap runs and are delivered right after it.
+
+    Python runs signal handlers in the main thread whichever thread the signal reached, so the
+    handlers are swapped for ones that only record the signal (``pthread_sigmask`` would block it
+    for the calling thread only). Outside the main thread nothing can be swapped; the swap then
+    relies on :func:`commit`'s roll-back."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in sigs}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in caught:
+            handler = old[s]
+            if callable(handler):
+                handler(s, None)
+            elif handler == signal.SIG_DFL and s == signal.SIGINT:
+                raise KeyboardInterrupt
 
 
-def commit(work: Path, out: Path, run_id: str) -> None:
-    """Mark ``work`` complete (with the list of its files) and swap it into place at ``out``."""
+class OutputChanged(OutputError):
+    """Files appeared in the output folder during the run; the new results are kept aside."""
+
+
+def commit(work: Path, out: Path, run_id: str, *, force: bool = False) -> None:
+    """Mark ``work`` complete (with the list of its files) and swap it into place at ``out``.
+
+    What is at ``out`` now is checked again after it is set aside: a file that appeared there
+    during the run (and that switchscope did not write) puts everything back and keeps the new
+    results in ``work``, with a one-line error (:class:`OutputChanged`).
+    """
     write_marker(work, run_id=run_id, state="complete", files=files_in(work))
-    with _signals_blocked():
+    with _signals_deferred():
         backup = None
-        if out.exists():
+        if out.exists() or out.is_symlink():
             backup = out.parent / f".{out.name}.old-{os.getpid()}"
             _rename(out, backup)
-        _rename(work, out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+            entries = list(backup.iterdir()) if backup.is_dir() and not backup.is_symlink() else [backup]
+            ours = backup.is_dir() and not backup.is_symlink() and read_marker(backup) is not None
+            if entries and not (force and ours and not foreign_files(backup)):
+                _rename(backup, out)
+                raise OutputChanged(
+                    f"{_q(out)} changed during the run and holds files switchscope did not write; nothing "
+                    f"there was touched, and the new results are in {_q(work)}: move them before the next run")
+        try:
+            _rename(work, out)
+        except BaseException:
+            if backup is not None:
+                _rename(backup, out)
+            raise
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
 
 
 def discard(work: Path) -> None:

@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_device(args.device)
     configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
     data_cfg = getattr(configs.get("data"), "path", None)
-    check_output_place(args.out, [args.data, data_cfg, args.config, args.voltage])
+    voltage_file = args.voltage if args.voltage and Path(args.voltage).is_file() else None
+    check_output_place(args.out, [args.data, data_cfg, args.config, voltage_file])
     if args.data is None and data_cfg is None:
         print("no --data given: using the embedded synthetic dataset (see `switchscope run --help`)",
               flush=True)
@@ -182,7 +183,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    from ._output import MARKER, files_in, locked, read_marker, write_marker
+    from ._output import MARKER, files_in, foreign_files, locked, read_marker, write_marker
 
     out = Path(args.out)
     if not (out / "results.nc").is_file():
@@ -193,9 +194,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise DataError(f"{printable(repr(str(out)))} has no {MARKER} file, so switchscope did not write it and "
                         "will not write into it; give the folder written by `switchscope run`")
     with locked(out.resolve()):
+        extra = foreign_files(out)
+        if extra:
+            more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+            raise DataError(f"{printable(repr(str(out)))} holds {printable(repr(extra[0]))}{more}, which switchscope did "
+                            "not write (or a symbolic link); move it away before rebuilding the report")
         page = build_report(out)
-        # the page and any figure drawn now belong to the run: --force may replace them later
-        write_marker(out, run_id=marker["run_id"], state=marker.get("state", "complete"), files=files_in(out))
+        # the page and the figures drawn now belong to the run: --force may replace them later
+        drawn = [f for f in files_in(out) if f.startswith("report/")]
+        write_marker(out, run_id=marker["run_id"], state=marker.get("state", "complete"),
+                     files=sorted(set(marker["files"]) | set(drawn)))
     print(f"wrote {page}")
     return 0
 

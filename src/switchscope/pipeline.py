@@ -23,7 +23,16 @@ from ._dataset import channels_in
 from ._errors import ConfigError
 from ._text import printable
 from ._json import json_safe, write_json  # noqa: F401 (re-exported)
-from ._output import begin, check_output_folder, check_output_place, commit, discard, locked, recover
+from ._output import (
+    OutputChanged,
+    begin,
+    check_output_folder,
+    check_output_place,
+    commit,
+    discard,
+    locked,
+    recover,
+)
 
 def stage_function(name: str) -> StageFn:
     """The function of stage ``name`` (imported on first use)."""
@@ -168,9 +177,10 @@ def run(
         try:
             ds = _run_stages(ds, names, configs, work, seed=seed, device=device, pretrained=pretrained,
                              progress=progress, log=log, load_seconds=load_seconds, input_dir=input_dir)
-            commit(work, resolved, run_id)
-        except BaseException:
-            discard(work)
+            commit(work, resolved, run_id, force=force)
+        except BaseException as exc:
+            if not isinstance(exc, OutputChanged):  # that one keeps the new results for the user
+                discard(work)
             raise
     log(f"results written to {out}/ (results.nc, summary.json"
         + (", report/index.html)" if "report" in names else ")"))

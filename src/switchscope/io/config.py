@@ -51,13 +51,15 @@ def parse_voltage(text: str | None) -> np.ndarray | str | None:
                             "per step; give the right file")
         try:
             if path.suffix.lower() == ".npy":
-                v = np.load(path, allow_pickle=False)
+                v = np.asarray(np.load(path, allow_pickle=False))
             else:
-                v = np.loadtxt(path, delimiter="," if "," in path.read_text(errors="replace") else None)
-        except (ValueError, OSError) as exc:
+                v = np.asarray(np.loadtxt(path, delimiter="," if "," in path.read_text(errors="replace") else None))
+        except Exception as exc:  # noqa: BLE001 - numpy raises many types for files that are not arrays
             raise DataError(f"cannot read the voltage file '{path}' ({' '.join(str(exc).split())}); "
                             "give a .npy array or a text file of numbers") from None
-        return np.asarray(v, dtype=float).ravel()
+        if v.dtype.kind not in "iuf":
+            raise DataError(f"the voltage file '{path}' holds {v.dtype} values, not volts; give real numbers")
+        return v.astype(float).ravel()
     try:
         return np.array([float(x) for x in text.split(",")])
     except ValueError:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .._errors import FormatError
+from .._errors import DataError, FormatError
 from ._mat5_check import check_mat5
 from ._base import (
     HEAD_BYTES,
@@ -69,7 +69,10 @@ class MatV5Reader(Reader):
         import scipy.io
 
         try:
-            m = scipy.io.loadmat(path)
+            # only numeric variables: a cell or struct may hide arrays of any size, which the size
+            # check (from the variable headers) cannot see, and switchscope reads numbers only
+            numeric = [n for n, _, cls in scipy.io.whosmat(path) if cls in _ITEMSIZE and cls != "char"]
+            m = scipy.io.loadmat(path, variable_names=numeric) if numeric else {}
         # scipy raises a mix of types for truncated or damaged files (even UnboundLocalError)
         except Exception as exc:  # noqa: BLE001
             raise FormatError(
@@ -77,6 +80,9 @@ class MatV5Reader(Reader):
                 "it is truncated or corrupt: copy or export it again"
             ) from None
         names = [k for k in m if not k.startswith("__")]
+        if not names and scipy.io.whosmat(path):
+            raise DataError(f"'{Path(path).name}' holds no numeric MATLAB variable (only cells, structs or text); "
+                            "save the loops as numeric arrays")
         if not names:
             # a header with no variable after it is what a cut-off download looks like
             raise FormatError(f"'{Path(path).name}' is a MATLAB v5 file with no variables; it is truncated "
