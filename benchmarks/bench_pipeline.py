@@ -42,7 +42,8 @@ def time_run(name: str, extra: list[str], workdir: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     return {"command": "switchscope " + " ".join(cmd[3:]), "wall_s": round(wall, 2),
             "stage_s": summary["timings_s"], "autoencoder": summary.get("autoencoder"),
-            "loops_median_r2": (summary.get("loops") or {}).get("median_r2")}
+            "loops_median_r2": (summary.get("loops") or {}).get("median_r2"),
+            "report": summary.get("report")}
 
 
 def main() -> None:
@@ -52,6 +53,8 @@ def main() -> None:
     args = ap.parse_args()
     results: dict = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
                      "load_average_before": os.getloadavg(), "runs": {}}
+    if args.only and Path(args.out).is_file():  # one run again: keep the other's record
+        results["runs"] = json.loads(Path(args.out).read_text()).get("runs", {})
     with tempfile.TemporaryDirectory() as tmp:
         for name, (extra, target) in RUNS.items():
             if args.only and name != args.only:

@@ -27,9 +27,11 @@ FILES = ["tests/test_hostile.py", "tests/test_output.py", "tests/test_fuzz_reade
 #: (class, test-name pattern); the first match wins.
 CLASSES: list[tuple[str, str]] = [
     ("data loss: --force, input inside --out, files", r"force|replace|input|current_folder|save_overwrite"
-                                                      r"|existing_output|failed_stage_keeps"),
+                                                      r"|existing_output|failed_stage_keeps|lock_file_name"
+                                                      r"|report_command|marker|appears_in_out"),
     ("crashes and concurrency: kills, lock, leftovers", r"killed|second_run|leftovers"),
-    ("tracebacks: file attributes and declared sizes", r"netcdf_attributes|netcdf_voltage|declaring|npz_member"),
+    ("tracebacks: file attributes, declared sizes, structure", r"netcdf_attributes|netcdf_voltage|declaring"
+                                                               r"|npz_member|mat5|cells|voltage_file|millivolts"),
     ("tracebacks: unbounded options, devices", r"unbounded|numeric_option|device|cuda"),
     ("hangs and garbage: FIFOs, 1e300, JSON, escapes", r"fifo|not_regular|1e300|summary|escape|newline"),
     ("damaged files (fuzz: truncation, bit flips, header edits)", r"damaged|seed_files"),

@@ -18,28 +18,12 @@ import pytest
 import scipy.io
 import xarray as xr
 
-from switchscope.cli import build_parser, main
+from switchscope.cli import build_parser
 from switchscope.io import paper_voltage, save
 from switchscope.pipeline import STAGES
 from switchscope.synthetic import make_dataset
 
-SMALL = ("--rows", "4", "--cols", "4", "--no-progress")
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
-def one_line_error(code, err, match):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines()
-             if not ln.startswith(("switchscope: warning:", "switchscope: note:"))]
-    assert len(lines) == 1 and lines[0].startswith("switchscope: error:"), err
-    assert match.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+from cli_helpers import SMALL, one_line_error, run_cli
 
 
 @pytest.fixture()

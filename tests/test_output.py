@@ -13,23 +13,8 @@ from pathlib import Path
 import pytest
 
 from switchscope import _output
-from switchscope.cli import main
 
-SMALL = ("--rows", "4", "--cols", "4", "--no-progress")
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
-def one_line_error(code, err, match):
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines()
-             if not ln.startswith(("switchscope: warning:", "switchscope: note:"))]
-    assert len(lines) == 1 and lines[0].startswith("switchscope: error:"), err
-    assert match.lower() in lines[0].lower(), lines[0]
+from cli_helpers import SMALL, one_line_error, run_cli
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -132,10 +132,10 @@ def _quantize(x: np.ndarray, digits: int) -> dict[str, Any]:
     dtype = "<i2" if delta.size == 0 or np.abs(delta).max() < 2**15 else "<i4"
     block: dict[str, Any] = {
         "offset": offset, "scale": scale, "n": int(x.size), "dtype": dtype[1:],
-        "b64": base64.b64encode(zlib.compress(_shuffle(delta.astype(dtype)), 9)).decode("ascii"),
+        "b64": base64.b64encode(zlib.compress(_shuffle(delta.astype(dtype)), 6)).decode("ascii"),
     }
     if not finite.all():
-        block["nan_b64"] = base64.b64encode(zlib.compress(np.packbits(~finite, bitorder="little").tobytes(), 9)
+        block["nan_b64"] = base64.b64encode(zlib.compress(np.packbits(~finite, bitorder="little").tobytes(), 6)
                                             ).decode("ascii")
     return block
 
