@@ -26,6 +26,7 @@ FILES = ["tests/test_hostile.py", "tests/test_output.py", "tests/test_fuzz_reade
 
 #: (class, test-name pattern); the first match wins.
 CLASSES: list[tuple[str, str]] = [
+    ("damaged files (fuzz: truncation, bit flips, header edits)", r"^test_damaged|^test_seed_files"),
     ("data loss: --force, input inside --out, files", r"force|replace|input|current_folder|save_overwrite"
                                                       r"|existing_output|failed_stage_keeps|lock_file_name"
                                                       r"|report_command|marker|appears_in_out"),
@@ -34,7 +35,6 @@ CLASSES: list[tuple[str, str]] = [
                                                                r"|npz_member|mat5|cells|voltage_file|millivolts"),
     ("tracebacks: unbounded options, devices", r"unbounded|numeric_option|device|cuda"),
     ("hangs and garbage: FIFOs, 1e300, JSON, escapes", r"fifo|not_regular|1e300|summary|escape|newline"),
-    ("damaged files (fuzz: truncation, bit flips, header edits)", r"damaged|seed_files"),
     ("fail before the work, in the user's words", r"preset|toml|savgol|loop_fit_warning|abbreviation|bare"
                                                   r"|help|without_data|score|small_film|training_bar"
                                                   r"|published_network|unknown|out_of_range|bad_grid"),
