@@ -315,3 +315,16 @@ def test_empty_switching_maps_are_explained():
     text = _loops_table(ds)
     assert "loop_nucleation_pos" in text and "nucleation fraction inside the voltage range" in text
     assert "16.7%" in text
+
+
+def test_one_colour_rule_per_quantity():
+    """Embeddings on their full range (as in their figure), measures on 1-99 %, and each bar says which."""
+    ds, _ = fake_results()
+    maps = {m["name"]: m for m in explorer_payload(ds)["maps"]}
+    emb = ds["embedding_piezoresponse"].values[..., 0]
+    assert maps["embedding_piezoresponse[0]"]["vmin"] == pytest.approx(emb.min())
+    assert maps["embedding_piezoresponse[0]"]["vmax"] == pytest.approx(emb.max())
+    assert maps["embedding_piezoresponse[0]"]["range"] == "full range"
+    r2 = ds["loop_r2"].values
+    assert maps["loop_r2"]["vmax"] == pytest.approx(np.percentile(r2, 99))
+    assert maps["loop_r2"]["range"] == "1-99 % range"

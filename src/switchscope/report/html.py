@@ -265,11 +265,16 @@ def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4
         sub = np.asarray(arr, float)[np.ix_(ri, ci)]
         block = _quantize(sub, digits if not categorical else 8)
         finite = sub[np.isfinite(sub)]
-        lo, hi = (np.percentile(finite, [1, 99]).tolist() if finite.size else [0.0, 1.0])
+        # one rule for a quantity on every part of the page: embeddings on their full range (as in
+        # their figure), other measures on their 1-99 % range (a few failed pixels must not wash
+        # them out); the colour bar says which
+        full = label.startswith("embedding_")
+        lo, hi = ([float(finite.min()), float(finite.max())] if full else np.percentile(finite, [1, 99]).tolist()
+                  ) if finite.size else [0.0, 1.0]
         base = label.split("[")[0]
         units = _unit(ds[base].attrs.get("units", "")) if base in ds else ""
         payload["maps"].append({"name": label, "categorical": bool(categorical), "vmin": lo, "vmax": hi,
-                                "units": units, **block})
+                                "range": "full range" if full else "1-99 % range", "units": units, **block})
     for ch, series in _panels(ds, channels):
         blocks = []
         for name, var in series:
@@ -583,7 +588,7 @@ def _explorer_section(payload: dict[str, Any]) -> str:
         if m["categorical"]:
             return '<div class="ss-cbar-labels"><span>labels: one colour each</span></div>'
         return (f'<div class="ss-cbar" style="background: {_gradient()}"></div><div class="ss-cbar-labels">'
-                f'<span>{_fmt(m["vmin"])}</span><span>{_e(m["units"])} (1-99 % range)</span>'
+                f'<span>{_fmt(m["vmin"])}</span><span>{_e(m["units"])} ({_e(m["range"])})</span>'
                 f'<span>{_fmt(m["vmax"])}</span></div>')
 
     if payload["maps"]:

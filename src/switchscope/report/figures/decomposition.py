@@ -104,7 +104,9 @@ def plot_pca(ds: xr.Dataset, path: str | Path | None, *, suffix: str = "", n_sho
         lim = np.nanpercentile(np.abs(s), 99) or 1.0
         im = _map(fig.add_subplot(gs[row, col]), s, f"score {i} ({100 * r[i]:.1f}%)", "RdBu_r",
                   vmin=-lim, vmax=lim)
-        fig.colorbar(im, ax=im.axes, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        bar = fig.colorbar(im, ax=im.axes, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("to 99 % of |score|", fontsize=5)
         axc = fig.add_subplot(gs[row, col + 1])
         axc.plot(x, np.asarray(comps.values[i]), color="C0", lw=1)
         axc.axhline(0, color="0.7", lw=0.5)

@@ -46,7 +46,7 @@ def plot_loop_maps(res: LoopFitResult, path: str | Path | None) -> Any:
         ax.set_title(f"{name} [{unit}]" if unit else name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("1-99 % range", fontsize=6)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     fig.suptitle(f"loop fits ({res.model}): switching maps", fontsize=11)
