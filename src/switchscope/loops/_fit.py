@@ -406,22 +406,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
            for i, k in enumerate(mdl.param_kinds) if k != "voltage"):
         raise ConfigError(f"model {mdl.name!r}: response parameters must be unbounded")
 
-    finite = np.isfinite(X)
-    nfin = finite.sum(1)
-    status = np.full(n, -1, dtype=np.int64)
-    status[nfin < P + 2] = STATUS_TOO_FEW
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        center = np.nanmean(np.where(finite, X, np.nan), axis=1)
-        scale = np.nanstd(np.where(finite, X, np.nan), axis=1)
-    const = (status < 0) & ~(scale > 1e-12 * np.maximum(np.abs(center), 1e-300))
-    status[const] = STATUS_CONSTANT
+    status, center, scale, finite = _triage(X, P)
     fitted = np.flatnonzero(status < 0)
-    if status[status == STATUS_TOO_FEW].size or const.any():
-        warnings.warn(f"{int((status == STATUS_TOO_FEW).sum())} pixel(s) with too few finite points "
-                      f"and {int(const.sum())} constant pixel(s) were not fitted (status 3, 4; NaN)",
-                      DataWarning, stacklevel=3)
-
     params = np.full((n, P), np.nan)
     stderr = np.full((n, P), np.nan)
     r2 = np.full(n, np.nan)
@@ -432,107 +418,29 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
 
     if fitted.size:
         c, s = center[fitted], scale[fitted]
+        # every pixel is fitted in normalized units (its own mean and standard deviation)
         Yn = (X[fitted] - c[:, None]) / s[:, None]
         Wn = finite[fitted]
         Yn = np.where(Wn, Yn, 0.0)
-        starts = [_inside(mdl.guess(v, desc, Yn, width=wd), lower, upper) for wd in _GUESS_WIDTHS]
-        if n_clusters > 0:
-            starts.append(_kmeans_priors(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs,
-                                         lower, upper, tt))
-        S = np.stack(starts, axis=1)                       # (n_fit, K, P) normalized units
-        K = S.shape[1]
+        S = _starts(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt)  # (n_fit, K, P)
         # the models evaluate the descending steps first, then the ascending ones
         order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
         Yn, Wn = Yn[:, order], Wn[:, order]
-        vd, va = torch.as_tensor(v[desc], **tt), torch.as_tensor(v[~desc], **tt)
-        lo_t, hi_t = torch.as_tensor(lower, **tt), torch.as_tensor(upper, **tt)
+        geometry = {"vd": torch.as_tensor(v[desc], **tt), "va": torch.as_tensor(v[~desc], **tt),
+                    "lo": torch.as_tensor(lower, **tt), "hi": torch.as_tensor(upper, **tt)}
+        race = min(mdl.race_iter if race_iter is None else race_iter, max_iter)
         best_p = np.empty((fitted.size, P))
         best_st = np.empty(fitted.size, dtype=np.int64)
         best_it = np.empty(fitted.size, dtype=np.int64)
-        race = min(mdl.race_iter if race_iter is None else race_iter, max_iter)
         for a in range(0, fitted.size, chunk_size):
             b = min(a + chunk_size, fitted.size)
-            nb = b - a
-            yt = torch.as_tensor(Yn[a:b], **tt)
-            wt = torch.as_tensor(Wn[a:b], **tt)
-            # unit weights everywhere (the usual, cleaned case): skip the weighting passes
-            wl = None if bool(Wn[a:b].all()) else wt
-            rows = torch.arange(nb, device=dev)
-            # Race: every start runs a few iterations, then only the best start per pixel goes on.
-            # float32 only when iterations in the fit's dtype follow the race
-            rd = _race_dtype(dtype) if max_iter > race else dtype
-            p0 = torch.as_tensor(S[a:b].reshape(-1, P), dtype=rd, device=dev)
-            p, cost, st, it, state = _race(
-                mdl, p0, yt.to(rd), None if wl is None else wl.to(rd), rows.repeat_interleave(K),
-                vd.to(rd), va.to(rd), lo_t.to(rd), hi_t.to(rd), lm_kwargs, race)
-            k = cost.reshape(nb, K).argmin(1)
-            win = rows * K + k
-            p = p.reshape(nb, K, P)[rows, k]
-            # a parameter on a (rounded) bound in the race stays exactly on the fit's bound
-            p = torch.where(p <= lo_t.to(rd), lo_t,
-                            torch.where(p >= hi_t.to(rd), hi_t, p.to(dtype)))
-            st = st.reshape(nb, K)[rows, k]
-            it = it.reshape(nb, K)[rows, k]
-            if rd != dtype:
-                # the race ran in float32: every winner goes on in the fit's dtype, with its
-                # normal equations evaluated afresh and the damping it reached, capped at the
-                # initial one (near a float32 optimum, rejected steps inflate the damping)
-                go_on = torch.nonzero(st != STATUS_NONFINITE)[:, 0]
-                lam = torch.clamp(state["lam"][win[go_on]].to(dtype), max=LAM0)
-                state = _fresh_state(mdl, p[go_on], yt, wl, go_on, vd, va, lam,
-                                     torch.full_like(lam, 2.0))
-            else:
-                go_on = torch.nonzero(st == STATUS_MAXITER)[:, 0]
-                state = _take_state(state, win[go_on])
-            if go_on.numel() and max_iter > race:
-                # the winners go on from where the race left them
-                p2, _, st2, it2, _ = _lm_batched(mdl, p[go_on], yt, wl, go_on, vd, va, lo_t, hi_t,
-                                                 lm_kwargs, max_iter - race, state)
-                p[go_on], st[go_on], it[go_on] = p2, st2, it[go_on] + it2
-            best_p[a:b] = p.cpu().numpy()
-            best_st[a:b] = st.cpu().numpy()
-            best_it[a:b] = it.cpu().numpy()
-            # R2 and standard errors at the best start, in normalized units
-            order_t = torch.as_tensor(mdl.block_order, device=dev)
-            sse, A, _ = mdl.normal(p[:, order_t], vd, va, yt, wl)
-            yw = yt * wt
-            nf = wt.sum(1)
-            sst = ((yw - (yw.sum(1) / nf)[:, None]) * wt).pow(2).sum(1)
-            r2[fitted[a:b]] = (1.0 - sse / sst).cpu().numpy()
-            Ainv, info = torch.linalg.inv_ex(A)
-            dof = torch.clamp(nf - P, min=1.0)
-            # the diagonal of the inverse, from block order back to parameter order
-            var = torch.diagonal(Ainv, dim1=1, dim2=2)[:, torch.argsort(order_t)] * (sse / dof)[:, None]
-            se = torch.sqrt(torch.clamp(var, min=0.0))
-            se = torch.where(((info == 0)[:, None]) & (var >= 0), se, torch.nan)
-            stderr[fitted[a:b]] = se.cpu().numpy()
-        # back to physical units
-        kinds = np.array(mdl.param_kinds)
-        off, sc = kinds == "offset", kinds == "scale"
-        bp = best_p.copy()
-        bp[:, off] = bp[:, off] * s[:, None] + c[:, None]
-        bp[:, sc] = bp[:, sc] * s[:, None]
-        stderr[np.ix_(fitted, np.flatnonzero(off | sc))] *= s[:, None]
-        Sp = S.copy()
-        Sp[:, :, off] = Sp[:, :, off] * s[:, None, None] + c[:, None, None]
-        Sp[:, :, sc] = Sp[:, :, sc] * s[:, None, None]
-        params[fitted] = bp
-        starts_phys[fitted] = Sp
+            best_p[a:b], best_st[a:b], best_it[a:b], r2[fitted[a:b]], stderr[fitted[a:b]] = _fit_chunk(
+                mdl, S[a:b], Yn[a:b], Wn[a:b], geometry, lm_kwargs, race, max_iter, tt)
+        params[fitted], stderr[fitted], starts_phys[fitted] = _to_physical(mdl, best_p, stderr[fitted], S, c, s)
         status[fitted] = best_st
         n_iter[fitted] = best_it
 
-    bad = (status < STATUS_TOO_FEW) & ~(np.isfinite(params).all(1) & np.isfinite(r2))
-    status[bad] = STATUS_NONFINITE
-    notfit = status >= STATUS_TOO_FEW
-    params[notfit] = np.nan
-    stderr[notfit] = np.nan
-    r2[notfit] = np.nan
-    converged = status <= 1
-    n_max = int((status == STATUS_MAXITER).sum())
-    if n_max or bad.any():
-        warnings.warn(f"{n_max} pixel(s) stopped at max_iter={max_iter} (status 2) and "
-                      f"{int(bad.sum())} failed (status 5); see loop_status in results.nc (result.status in Python)", ConvergenceWarning,
-                      stacklevel=3)
+    converged, notfit = _flag_failures(status, params, stderr, r2, max_iter)
     fit = np.full((n, m), np.nan)
     ok = ~notfit
     if ok.any():
@@ -542,3 +450,134 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
                          converged=converged, status=status, n_iter=n_iter, metrics=metrics,
                          fit=fit, voltage=v, descending=desc, model=mdl.name, grid=grid,
                          starts=starts_phys, units=units)
+
+
+def _triage(X: np.ndarray, n_params: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Status -1 (to fit), 3 (too few finite points) or 4 (constant) per pixel, with each pixel's
+    mean and standard deviation and the finite mask."""
+    n = X.shape[0]
+    finite = np.isfinite(X)
+    nfin = finite.sum(1)
+    status = np.full(n, -1, dtype=np.int64)
+    status[nfin < n_params + 2] = STATUS_TOO_FEW
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        center = np.nanmean(np.where(finite, X, np.nan), axis=1)
+        scale = np.nanstd(np.where(finite, X, np.nan), axis=1)
+    const = (status < 0) & ~(scale > 1e-12 * np.maximum(np.abs(center), 1e-300))
+    status[const] = STATUS_CONSTANT
+    if status[status == STATUS_TOO_FEW].size or const.any():
+        warnings.warn(f"{int((status == STATUS_TOO_FEW).sum())} pixel(s) with too few finite points "
+                      f"and {int(const.sum())} constant pixel(s) were not fitted (status 3, 4; NaN)",
+                      DataWarning, stacklevel=4)
+    return status, center, scale, finite
+
+
+def _starts(mdl: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.ndarray, n_clusters: int, seed: int,
+            lm_kwargs: dict, lower: np.ndarray, upper: np.ndarray, tt: dict) -> np.ndarray:
+    """The starts of every pixel ``(n, K, P)`` in normalized units: one data-driven guess per
+    width of :data:`_GUESS_WIDTHS`, and a k-means prior when ``n_clusters > 0``."""
+    starts = [_inside(mdl.guess(v, desc, Yn, width=wd), lower, upper) for wd in _GUESS_WIDTHS]
+    if n_clusters > 0:
+        starts.append(_kmeans_priors(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt))
+    return np.stack(starts, axis=1)
+
+
+def _fit_chunk(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, geometry: dict, lm_kwargs: dict,
+               race: int, max_iter: int, tt: dict):
+    """Fit one chunk of pixels (normalized, steps in model order) from their starts ``S``:
+    race the starts, go on with each pixel's winner, then R² and standard errors at the result.
+    Returns ``(params, status, n_iter, r2, stderr)`` as numpy arrays."""
+    dtype, dev = tt["dtype"], tt["device"]
+    vd, va, lo_t, hi_t = geometry["vd"], geometry["va"], geometry["lo"], geometry["hi"]
+    nb, K, P = S.shape
+    yt = torch.as_tensor(Yn, **tt)
+    wt = torch.as_tensor(Wn, **tt)
+    # unit weights everywhere (the usual, cleaned case): skip the weighting passes
+    wl = None if bool(Wn.all()) else wt
+    rows = torch.arange(nb, device=dev)
+    # Race: every start runs a few iterations, then only the best start per pixel goes on.
+    # float32 only when iterations in the fit's dtype follow the race
+    rd = _race_dtype(dtype) if max_iter > race else dtype
+    p0 = torch.as_tensor(S.reshape(-1, P), dtype=rd, device=dev)
+    p, cost, st, it, state = _race(
+        mdl, p0, yt.to(rd), None if wl is None else wl.to(rd), rows.repeat_interleave(K),
+        vd.to(rd), va.to(rd), lo_t.to(rd), hi_t.to(rd), lm_kwargs, race)
+    k = cost.reshape(nb, K).argmin(1)
+    win = rows * K + k
+    p = p.reshape(nb, K, P)[rows, k]
+    # a parameter on a (rounded) bound in the race stays exactly on the fit's bound
+    p = torch.where(p <= lo_t.to(rd), lo_t, torch.where(p >= hi_t.to(rd), hi_t, p.to(dtype)))
+    st = st.reshape(nb, K)[rows, k]
+    it = it.reshape(nb, K)[rows, k]
+    if rd != dtype:
+        # the race ran in float32: every winner goes on in the fit's dtype, with its
+        # normal equations evaluated afresh and the damping it reached, capped at the
+        # initial one (near a float32 optimum, rejected steps inflate the damping)
+        go_on = torch.nonzero(st != STATUS_NONFINITE)[:, 0]
+        lam = torch.clamp(state["lam"][win[go_on]].to(dtype), max=LAM0)
+        state = _fresh_state(mdl, p[go_on], yt, wl, go_on, vd, va, lam, torch.full_like(lam, 2.0))
+    else:
+        go_on = torch.nonzero(st == STATUS_MAXITER)[:, 0]
+        state = _take_state(state, win[go_on])
+    if go_on.numel() and max_iter > race:
+        # the winners go on from where the race left them
+        p2, _, st2, it2, _ = _lm_batched(mdl, p[go_on], yt, wl, go_on, vd, va, lo_t, hi_t,
+                                         lm_kwargs, max_iter - race, state)
+        p[go_on], st[go_on], it[go_on] = p2, st2, it[go_on] + it2
+    r2, se = _quality(mdl, p, vd, va, yt, wt, wl)
+    return p.cpu().numpy(), st.cpu().numpy(), it.cpu().numpy(), r2, se
+
+
+def _quality(mdl: LoopModel, p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, yt: torch.Tensor,
+             wt: torch.Tensor, wl: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """R² and standard errors (from the Gauss-Newton covariance) at ``p``, in normalized units."""
+    P = p.shape[1]
+    order_t = torch.as_tensor(mdl.block_order, device=p.device)
+    sse, A, _ = mdl.normal(p[:, order_t], vd, va, yt, wl)
+    yw = yt * wt
+    nf = wt.sum(1)
+    sst = ((yw - (yw.sum(1) / nf)[:, None]) * wt).pow(2).sum(1)
+    r2 = (1.0 - sse / sst).cpu().numpy()
+    Ainv, info = torch.linalg.inv_ex(A)
+    dof = torch.clamp(nf - P, min=1.0)
+    # the diagonal of the inverse, from block order back to parameter order
+    var = torch.diagonal(Ainv, dim1=1, dim2=2)[:, torch.argsort(order_t)] * (sse / dof)[:, None]
+    se = torch.sqrt(torch.clamp(var, min=0.0))
+    se = torch.where(((info == 0)[:, None]) & (var >= 0), se, torch.nan)
+    return r2, se.cpu().numpy()
+
+
+def _to_physical(mdl: LoopModel, best_p: np.ndarray, stderr: np.ndarray, S: np.ndarray, c: np.ndarray,
+                 s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parameters, standard errors and starts back in the units of the data (offsets shift by the
+    pixel's mean, offsets and amplitudes scale by its standard deviation)."""
+    kinds = np.array(mdl.param_kinds)
+    off, sc = kinds == "offset", kinds == "scale"
+    bp = best_p.copy()
+    bp[:, off] = bp[:, off] * s[:, None] + c[:, None]
+    bp[:, sc] = bp[:, sc] * s[:, None]
+    se = stderr.copy()
+    se[:, off | sc] *= s[:, None]
+    Sp = S.copy()
+    Sp[:, :, off] = Sp[:, :, off] * s[:, None, None] + c[:, None, None]
+    Sp[:, :, sc] = Sp[:, :, sc] * s[:, None, None]
+    return bp, se, Sp
+
+
+def _flag_failures(status: np.ndarray, params: np.ndarray, stderr: np.ndarray, r2: np.ndarray,
+                   max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mark non-finite results as failed (status 5), blank every pixel that was not fitted, and
+    warn about pixels that stopped at ``max_iter`` or failed. Returns ``(converged, not_fitted)``."""
+    bad = (status < STATUS_TOO_FEW) & ~(np.isfinite(params).all(1) & np.isfinite(r2))
+    status[bad] = STATUS_NONFINITE
+    notfit = status >= STATUS_TOO_FEW
+    params[notfit] = np.nan
+    stderr[notfit] = np.nan
+    r2[notfit] = np.nan
+    n_max = int((status == STATUS_MAXITER).sum())
+    if n_max or bad.any():
+        warnings.warn(f"{n_max} pixel(s) stopped at max_iter={max_iter} (status 2) and "
+                      f"{int(bad.sum())} failed (status 5); see loop_status in results.nc (result.status in "
+                      "Python)", ConvergenceWarning, stacklevel=4)
+    return status <= 1, notfit
