@@ -555,47 +555,9 @@ class Autoencoder:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "channel": self.channel,
                 "n_steps": n_steps, "n_pixels": n, "l1": l1}
 
-        history: list[dict[str, Any]] = []
-        emb_hist: list[tuple[int, np.ndarray]] = []
-        start_epoch, elapsed0, best_val, best_epoch, bad = 0, 0.0, math.inf, -1, 0
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if ckdir is not None:
-            ckdir.mkdir(parents=True, exist_ok=True)
-            last = ckdir / "last.safetensors"
-            if last.exists() and not resume:
-                raise OutputError(f"{str(ckdir)!r} already holds a training run; pass resume=True to continue it "
-                                  "or give an empty folder")
-            if last.exists():
-                saved = _read_json(ckdir / "config.json")
-                for key in ("hidden", "depth", "n_neurons", "n_phase"):
-                    was = saved.get("config", {}).get(key, 0 if key == "n_phase" else None)
-                    if was != getattr(cfg, key):
-                        raise DataError(
-                            f"the checkpoint in {str(ckdir)!r} has {key}={was!r} but the "
-                            f"config has {getattr(cfg, key)!r}; resume with the config it was trained with")
-                if saved.get("n_steps") != n_steps or saved.get("n_pixels") != n:
-                    raise DataError(f"the checkpoint in {str(ckdir)!r} was trained on data of shape "
-                                    f"({saved.get('n_pixels')}, {saved.get('n_steps')}), got {(n, n_steps)}; "
-                                    "resume with the same loops")
-                state = _read_json(ckdir / "state.json")
-                tensors = _load_tensors(last)
-                _load_state_dict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, last)
-                _optimizer_from_tensors(opt, tensors, state.get("param_groups", []), last)
-                best_state = {k: v.to(device) for k, v in _load_tensors(ckdir / "best.safetensors").items()}
-                try:
-                    start_epoch = int(state["epoch"]) + 1
-                    elapsed0, best_val = float(state["seconds"]), float(state["best_val_loss"])
-                    best_epoch, bad = int(state["best_epoch"]), int(state["bad_epochs"])
-                    history = list(state["history"])
-                except (KeyError, TypeError, ValueError):
-                    raise DataError(f"{str(ckdir / 'state.json')!r} is incomplete; delete the folder and "
-                                    "train again") from None
-                eh = ckdir / "embedding_history.safetensors"
-                if eh.exists():
-                    t = _load_tensors(eh)
-                    emb_hist = [(int(e), z.numpy()) for e, z in zip(t["epochs"].tolist(), t["embeddings"])]
-            _write_json(ckdir / "config.json", meta)
+        (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
+         best_state) = self._start_or_resume(ckdir, resume, cfg, model, opt, meta, device)
 
         refine_share = 0.15 if cfg.refine_epochs else 0.0
         train_budget = cfg.max_seconds * (1 - refine_share) if cfg.max_seconds else None
@@ -616,42 +578,10 @@ class Autoencoder:
                     stop_reason = "max_seconds"
                     break
                 te = time.perf_counter()
-                model.train()
-                order = torch.as_tensor(np.random.default_rng([seed, epoch]).permutation(len(train_idx)),
-                                        device=device)
-                sum_loss = sum_mse = 0.0
-                count = 0
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(seed * 1_000_003 + epoch)
-                    for b in range(batches):
-                        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                        if len(idx) < 2:  # batch norm needs two samples
-                            continue
-                        step = epoch * batches + b
-                        p = step / total_steps
-                        if train_budget is not None:
-                            spent = (time.perf_counter() - t0) / train_budget
-                            if spent >= 1.0 and count:
-                                # out of time mid-epoch (a slow or busy CPU): score what we have
-                                stop_reason = "max_seconds"
-                                break
-                            p = max(p, spent)
-                        lr = lr_at(p, cfg.lr, cfg.schedule)
-                        l1_now = l1 * min(1.0, p / cfg.l1_warmup) if cfg.l1_warmup else l1
-                        for g in opt.param_groups:
-                            g["lr"] = lr
-                        xb = Xtr[idx]
-                        rec, z = model(xb)
-                        mse = torch.mean((rec - xb) ** 2)
-                        loss = mse + l1_penalty(z, l1_now, cfg.l1_reduction)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if cfg.clip:
-                            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                        opt.step()
-                        sum_loss += float(loss.detach()) * len(idx)
-                        sum_mse += float(mse.detach()) * len(idx)
-                        count += len(idx)
+                sum_loss, sum_mse, count, lr, out_of_time = _train_epoch(
+                    model, opt, Xtr, cfg, l1, seed, epoch, batches, total_steps, t0, train_budget, device)
+                if out_of_time:
+                    stop_reason = "max_seconds"
                 if not math.isfinite(sum_loss):
                     raise DataError(f"training diverged at epoch {epoch} (loss is not finite); lower "
                                     f"AutoencoderConfig.lr (now {cfg.lr}) or set clip > 0")
@@ -721,6 +651,59 @@ class Autoencoder:
         self.seconds_ = time.perf_counter() - t0
         if ckdir is not None:
             self.save(ckdir)
+
+    @staticmethod
+    def _start_or_resume(ckdir: Path | None, resume: bool, cfg: AutoencoderConfig, model: nn.Module,
+                         opt: torch.optim.Optimizer, meta: dict[str, Any], device: torch.device) -> tuple:
+        """The training state to start from: fresh, or the last checkpoint in ``ckdir`` (with
+        ``resume``; the network, optimizer, history, best state and counters all restored).
+
+        Returns ``(history, embedding_history, start_epoch, seconds_spent, best_val, best_epoch,
+        bad_epochs, best_state)``.
+        """
+        history: list[dict[str, Any]] = []
+        emb_hist: list[tuple[int, np.ndarray]] = []
+        start_epoch, elapsed0, best_val, best_epoch, bad = 0, 0.0, math.inf, -1, 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ckdir is None:
+            return history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad, best_state
+        n, n_steps = meta["n_pixels"], meta["n_steps"]
+        ckdir.mkdir(parents=True, exist_ok=True)
+        last = ckdir / "last.safetensors"
+        if last.exists() and not resume:
+            raise OutputError(f"{str(ckdir)!r} already holds a training run; pass resume=True to continue it "
+                              "or give an empty folder")
+        if last.exists():
+            saved = _read_json(ckdir / "config.json")
+            for key in ("hidden", "depth", "n_neurons", "n_phase"):
+                was = saved.get("config", {}).get(key, 0 if key == "n_phase" else None)
+                if was != getattr(cfg, key):
+                    raise DataError(
+                        f"the checkpoint in {str(ckdir)!r} has {key}={was!r} but the "
+                        f"config has {getattr(cfg, key)!r}; resume with the config it was trained with")
+            if saved.get("n_steps") != n_steps or saved.get("n_pixels") != n:
+                raise DataError(f"the checkpoint in {str(ckdir)!r} was trained on data of shape "
+                                f"({saved.get('n_pixels')}, {saved.get('n_steps')}), got {(n, n_steps)}; "
+                                "resume with the same loops")
+            state = _read_json(ckdir / "state.json")
+            tensors = _load_tensors(last)
+            _load_state_dict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, last)
+            _optimizer_from_tensors(opt, tensors, state.get("param_groups", []), last)
+            best_state = {k: v.to(device) for k, v in _load_tensors(ckdir / "best.safetensors").items()}
+            try:
+                start_epoch = int(state["epoch"]) + 1
+                elapsed0, best_val = float(state["seconds"]), float(state["best_val_loss"])
+                best_epoch, bad = int(state["best_epoch"]), int(state["bad_epochs"])
+                history = list(state["history"])
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{str(ckdir / 'state.json')!r} is incomplete; delete the folder and "
+                                "train again") from None
+            eh = ckdir / "embedding_history.safetensors"
+            if eh.exists():
+                t = _load_tensors(eh)
+                emb_hist = [(int(e), z.numpy()) for e, z in zip(t["epochs"].tolist(), t["embeddings"])]
+        _write_json(ckdir / "config.json", meta)
+        return history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad, best_state
 
     def _checkpoint(self, ckdir: Path, model: nn.Module, opt: torch.optim.Optimizer,
                     best_state: dict[str, torch.Tensor] | None, history: list[dict[str, Any]], epoch: int,
@@ -955,6 +938,51 @@ def _embed(model: SparseLSTMAutoencoder, x: torch.Tensor) -> np.ndarray:
             out.append(model.encode(x[b:b + 2048]).cpu().numpy())
     model.train(was)
     return np.concatenate(out)
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor, cfg: AutoencoderConfig,
+                 l1: float, seed: int, epoch: int, batches: int, total_steps: int, t0: float,
+                 train_budget: float | None, device: torch.device) -> tuple[float, float, int, float, bool]:
+    """One epoch of minibatch Adam on the training loops, in an order and with dropout drawn from
+    ``(seed, epoch)`` alone (so a resumed run repeats an uninterrupted one). The learning rate and
+    the L1 warm-up follow the run's progress: steps done out of all steps, or seconds spent out of
+    the time budget when that is further along. Returns ``(sum of losses, sum of MSEs, loops seen,
+    last learning rate, out of time)``; the sums are over loops, for the epoch's means."""
+    model.train()
+    order = torch.as_tensor(np.random.default_rng([seed, epoch]).permutation(len(Xtr)), device=device)
+    sum_loss = sum_mse = 0.0
+    count = 0
+    lr = cfg.lr
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        for b in range(batches):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if len(idx) < 2:  # batch norm needs two samples
+                continue
+            p = (epoch * batches + b) / total_steps
+            if train_budget is not None:
+                spent = (time.perf_counter() - t0) / train_budget
+                if spent >= 1.0 and count:
+                    # out of time mid-epoch (a slow or busy CPU): score what we have
+                    return sum_loss, sum_mse, count, lr, True
+                p = max(p, spent)
+            lr = lr_at(p, cfg.lr, cfg.schedule)
+            l1_now = l1 * min(1.0, p / cfg.l1_warmup) if cfg.l1_warmup else l1
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb = Xtr[idx]
+            rec, z = model(xb)
+            mse = torch.mean((rec - xb) ** 2)
+            loss = mse + l1_penalty(z, l1_now, cfg.l1_reduction)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            sum_loss += float(loss.detach()) * len(idx)
+            sum_mse += float(mse.detach()) * len(idx)
+            count += len(idx)
+    return sum_loss, sum_mse, count, lr, False
 
 
 def _evaluate(model: SparseLSTMAutoencoder, x: torch.Tensor, l1: float, reduction: L1Reduction,
