@@ -142,3 +142,15 @@ def test_interpret_on_saved_results_finds_the_networks(small_run, tmp_path):
             xr.testing.assert_allclose(again[name], first[name])
     # the networks it used travel with the new results
     assert (out / "models" / "piezoresponse" / "config.json").is_file()
+
+
+def test_training_movie_frames_are_the_channels_own_checkpoints(small_run):
+    import imageio.v3 as iio
+
+    from switchscope.io import load
+
+    ds = load(small_run / "results.nc")
+    for ch in ("piezoresponse", "resonance"):
+        own = list(ds[f"embedding_history_{ch}"].attrs["own_checkpoint_epochs"])
+        frames = iio.imread(small_run / "report" / "movies" / f"training_{ch}.gif", index=None)
+        assert frames.shape[0] == len(own)

@@ -93,6 +93,10 @@ def draw(ds: xr.Dataset, figdir: Path, *, run_dir: Path | None = None, moviedir:
             hist = ds[hist_name].transpose("checkpoint", "row", "col", "neuron").values
             epochs = (ds["checkpoint_epoch"].values if "checkpoint_epoch" in ds.coords
                       else np.arange(hist.shape[0]))
+            # only this channel's own checkpoints: on the axis shared with the other channel a frame
+            # would be labelled with an epoch at which this network saved nothing
+            keep = np.isin(epochs, own) if len(own) else np.ones(len(epochs), bool)
+            hist, epochs = hist[keep], epochs[keep]
             act_h = active(hist[-1])
             if act_h.size:
                 out += [("movies", p) for p in
