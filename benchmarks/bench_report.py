@@ -79,7 +79,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from switchscope.report import build_report
-    from switchscope.report.html import _quantize, decode_block, explorer_payload, write_report
+    from switchscope.report.explorer import _quantize, decode_block, explorer_payload
+    from switchscope.report.html import write_report
 
     ds = contract_dataset()
     curves = [ds[v].values.reshape(-1, 96) for v in ("piezoresponse", "piezoresponse_clean", "loop_fit",

@@ -15,7 +15,7 @@ from switchscope import ConfigError, DataError, make_dataset
 from switchscope.stages import RunContext
 from switchscope.interpret import InterpretConfig, interpret_stage
 from switchscope.report import ReportConfig, build_report, report_stage
-from switchscope.report.html import _script_json, explorer_payload
+from switchscope.report.explorer import _script_json, explorer_payload
 
 PWN = "<script>window.__pwned=1</script>"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -73,53 +73,61 @@ def write_movie(frames: Sequence[np.ndarray], stem: Path, *, fps: float = 4.0) -
     return written
 
 
+def _panel_grid(n: int, width: float, height: float) -> tuple[plt.Figure, list]:
+    """A figure with ``n`` panels, four to a row (the rest of the grid switched off)."""
+    ncols = min(4, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _record(fig: plt.Figure, artists: Sequence, title: Any, n_frames: int, update) -> list[np.ndarray]:
+    """Frames of ``fig``: ``update(k)`` changes the artists for frame ``k``; only they are redrawn."""
+    fig.tight_layout()
+    blit = _Blitter(fig, [*artists, title])
+    frames = []
+    for k in range(n_frames):
+        update(k)
+        frames.append(blit.frame())
+    plt.close(fig)
+    return frames
+
+
 def training_frames(history: np.ndarray, epochs: np.ndarray, neurons: Sequence[int], channel: str) -> list[np.ndarray]:
     """Frames of embedding maps at each checkpoint; ``history`` is (checkpoint, rows, cols, neurons).
 
     Each neuron keeps one colour scale over all checkpoints, so a growing feature looks brighter.
     """
     neurons = list(neurons)
-    n = len(neurons)
-    ncols = min(4, n)
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.0 * nrows + 0.4), squeeze=False)
-    for ax in axes.flat:
+    fig, axes = _panel_grid(len(neurons), 2.0, 2.0)
+    ims = []
+    for ax, j in zip(axes, neurons):
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    ims = []
-    for ax, j in zip(axes.flat, neurons):
         h = history[..., j]
         hi = float(np.nanmax(h)) if np.isfinite(h).any() else 1.0
         lo = float(np.nanmin(h)) if np.isfinite(h).any() else 0.0
         ims.append(ax.imshow(history[0, ..., j], cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1))
         ax.set_title(f"neuron {j}", fontsize=8)
     title = fig.suptitle(f"{channel} embedding, epoch {int(epochs[-1])}", fontsize=10)
-    fig.tight_layout()
-    blit = _Blitter(fig, [*ims, title])
-    frames = []
-    for k in range(history.shape[0]):
+
+    def update(k: int) -> None:
         for im, j in zip(ims, neurons):
             im.set_data(history[k, ..., j])
         title.set_text(f"{channel} embedding, epoch {int(epochs[k])}")
-        frames.append(blit.frame())
-    plt.close(fig)
-    return frames
+
+    return _record(fig, ims, title, history.shape[0], update)
 
 
 def generator_frames(curves: np.ndarray, levels: np.ndarray, voltage: np.ndarray, neurons: Sequence[int],
                      channel: str) -> list[np.ndarray]:
     """Frames over levels: for each neuron, all generated curves faint and the current one bold."""
     neurons = list(neurons)
-    n = len(neurons)
-    ncols = min(4, n)
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.2 * nrows + 0.4), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
+    fig, axes = _panel_grid(len(neurons), 2.6, 2.2)
     lines = []
-    for ax, j in zip(axes.flat, neurons):
+    for ax, j in zip(axes, neurons):
         for li in range(curves.shape[1]):
             ax.plot(voltage, curves[j, li], color="0.85", lw=0.6)
         (ln,) = ax.plot(voltage, curves[j, 0], color="C3", lw=1.6)
@@ -127,13 +135,10 @@ def generator_frames(curves: np.ndarray, levels: np.ndarray, voltage: np.ndarray
         ax.set_title(f"neuron {j}", fontsize=8)
         ax.tick_params(labelsize=6)
     title = fig.suptitle(f"{channel} generator, level {curves.shape[1]}/{curves.shape[1]}", fontsize=10)
-    fig.tight_layout()
-    blit = _Blitter(fig, [*lines, title])
-    frames = []
-    for li in range(curves.shape[1]):
+
+    def update(li: int) -> None:
         for ln, j in zip(lines, neurons):
             ln.set_ydata(curves[j, li])
         title.set_text(f"{channel} generator, level {li + 1}/{curves.shape[1]}")
-        frames.append(blit.frame())
-    plt.close(fig)
-    return frames
+
+    return _record(fig, lines, title, curves.shape[1], update)
