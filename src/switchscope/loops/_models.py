@@ -19,7 +19,8 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from .._errors import ConfigError, DataError
+from .._errors import ConfigError
+from ..waveform import check_bipolar, descending_steps
 
 ModelName = Literal["paper13", "bglib9"]
 
@@ -46,7 +47,9 @@ def sweep_masks(voltage: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     voltage : ndarray of shape (n_steps,)
-        DC voltage of each step, one bipolar triangle (e.g. +V -> -V -> +V, or 0 -> +V -> -V -> 0).
+        DC voltage of each step, one bipolar triangle (e.g. +V -> -V -> +V, or 0 -> +V -> -V -> 0),
+        any start, direction, length and amplitude; repeated voltages (flat steps) keep the
+        direction of the sweep they lie on.
 
     Returns
     -------
@@ -57,45 +60,12 @@ def sweep_masks(voltage: np.ndarray) -> np.ndarray:
     Raises
     ------
     DataError
-        If the voltage is not a single bipolar triangle (more than two turning points, one sweep
-        direction only, or too few steps on either sweep).
+        If the voltage is not a single bipolar triangle; the message names what it is instead
+        (a ramp, several cycles, a FORC waveform, a unipolar triangle, too few steps per sweep:
+        see :func:`switchscope.waveform.check_bipolar`).
     """
-    v = np.asarray(voltage, dtype=float).ravel()
-    if v.size < 8:
-        raise DataError(f"the voltage has {v.size} steps; a bipolar loop needs at least 8")
-    if not np.all(np.isfinite(v)):
-        raise DataError("the voltage holds NaN or Inf values; give a finite voltage for every step")
-    dv = np.diff(v)
-    direction = np.sign(dv)
-    # A flat step (repeated voltage) keeps the direction of the previous step.
-    for i in range(direction.size):
-        if direction[i] == 0:
-            direction[i] = direction[i - 1] if i > 0 else 0
-    if direction[0] == 0:
-        nz = direction[direction != 0]
-        if nz.size == 0:
-            raise DataError("the voltage is constant; loop fitting needs a bipolar triangle waveform")
-        direction[direction == 0] = nz[0]
-    turns = int(np.count_nonzero(np.diff(direction) != 0))
-    if turns == 0 or turns > 2:
-        raise DataError(
-            f"the voltage is not one bipolar triangle (it changes direction {turns} times); "
-            "give one cycle, e.g. +V -> -V -> +V, or split the cycles before fitting"
-        )
-    descending = np.empty(v.size, dtype=bool)
-    descending[:-1] = direction < 0
-    descending[-1] = direction[-1] < 0
-    n_desc = int(descending.sum())
-    if min(n_desc, v.size - n_desc) < 4:
-        raise DataError(
-            f"the voltage has {n_desc} descending and {v.size - n_desc} ascending steps; "
-            "each sweep needs at least 4 steps"
-        )
-    if not (v.min() < 0 < v.max()):
-        raise DataError(
-            f"the voltage runs from {v.min():g} V to {v.max():g} V; a bipolar loop must cross 0 V"
-        )
-    return descending
+    check_bipolar(voltage, max_cycles=1)
+    return descending_steps(voltage)
 
 
 def _erf_gauss(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
