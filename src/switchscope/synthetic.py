@@ -60,6 +60,7 @@ from ._dataset import CHANNELS
 from ._dataset import make_dataset as _make_channels
 from ._errors import DataError
 from .paper import TRUTH_MAPS, paper_voltage  # TRUTH_MAPS re-exported
+from .waveform import descending_steps, triangle_waveform
 
 __all__ = [
     "SyntheticConfig",
@@ -102,6 +103,14 @@ class SyntheticConfig(StageConfig):
         Voltage steps of one triangular cycle (even; the paper: 96).
     v_max : float
         Amplitude of the waveform in volts (the paper: 16).
+    waveform_start : {"+max", "0", "-max"}
+        Voltage of the first step (the paper: ``"+max"``); a start at 0 V needs ``n_steps`` a
+        multiple of 4. The other starts are rotations of the paper's waveform by whole steps.
+    rising_first : bool or None
+        Direction of the first sweep; only a start at 0 V has a choice. None (the default):
+        falling from +Vmax, rising from -Vmax and from 0 V (0 -> +V -> -V -> 0).
+    n_cycles : int
+        Cycles of the waveform, back to back along ``step`` (the same film measured again).
     noise : float
         Standard deviation of the measurement noise relative to a c-domain loop's saturation
         (piezoresponse); resonance and Q noise scale with it (20 kHz and 300 per unit).
@@ -121,6 +130,9 @@ class SyntheticConfig(StageConfig):
     seed: int = 0
     n_steps: int = 96
     v_max: float = 16.0
+    waveform_start: str = "+max"
+    rising_first: bool | None = None
+    n_cycles: int = 1
     noise: float = 0.03
     artifacts: bool = True
     spectra: bool = False
@@ -139,6 +151,16 @@ class SyntheticConfig(StageConfig):
         if int(self.n_steps) % 2:
             self._fail("n_steps", "an even integer (half the steps go down, half go up)", self.n_steps)
         self.check_number("v_max", lo=4.0, hi=1000.0)
+        self.check_choice("waveform_start", ("+max", "0", "-max"))
+        self.check_choice("rising_first", (None, True, False))
+        if self.waveform_start == "+max" and self.rising_first is True:
+            self._fail("rising_first", "False or None with waveform_start '+max' (it can only fall first)", True)
+        if self.waveform_start == "-max" and self.rising_first is False:
+            self._fail("rising_first", "True or None with waveform_start '-max' (it can only rise first)", False)
+        if self.waveform_start == "0" and int(self.n_steps) % 4:
+            self._fail("n_steps", "a multiple of 4 with waveform_start '0' (0 V and both peaks are steps)",
+                       self.n_steps)
+        self.check_number("n_cycles", lo=1, hi=64, integer=True)
         self.check_number("noise", lo=0.0, hi=1.0)
         self.check_choice("artifacts", (True, False))
         self.check_choice("spectra", (True, False))
@@ -267,10 +289,11 @@ def _maps(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarra
 
 def _curves(m: dict[str, np.ndarray], voltage: np.ndarray) -> dict[str, np.ndarray]:
     """Noise-free channels (rows, cols, n_steps) from the parameter maps."""
-    n = voltage.size
-    half = n // 2
     v = voltage[None, None, :]
-    descending = (np.arange(n) <= half)[None, None, :]
+    # the branches from the voltage itself (any start, direction, cycles); the bottom turning
+    # point goes with the descending sweep, as it always has here (both branches are saturated
+    # there), which keeps the paper waveform's film bit for bit
+    descending = (descending_steps(voltage) | (voltage <= voltage.min()))[None, None, :]
     # the descending branch switches at coercive_neg, the ascending one at coercive_pos
     c = np.where(descending, m["coercive_neg"][..., None], m["coercive_pos"][..., None])
     h, w, d = m["height"][..., None], m["width"][..., None], m["plateau"][..., None]
@@ -350,14 +373,17 @@ def _corrupt(cfg: SyntheticConfig, truth: dict[str, np.ndarray],
 
 
 def make_dataset(rows: int = 60, cols: int = 60, seed: int = 0, *, n_steps: int = 96,
-                 v_max: float = 16.0, noise: float = 0.03, artifacts: bool = True,
+                 v_max: float = 16.0, waveform_start: str = "+max", rising_first: bool | None = None,
+                 n_cycles: int = 1, noise: float = 0.03, artifacts: bool = True,
                  spectra: bool = False, n_freq: int = 24, spike_fraction: float = 0.003,
                  failed_fraction: float = 0.003, out_of_range_fraction: float = 0.004
                  ) -> xr.Dataset:
     """Generate the synthetic BEPS dataset with its ground truth.
 
     Parameters are those of :class:`SyntheticConfig` (checked there; a bad one raises
-    :class:`~switchscope.ConfigError`).
+    :class:`~switchscope.ConfigError`). The waveform options give any bipolar triangle (e.g.
+    ``n_steps=64, waveform_start="0"``: 0 -> +V -> -V -> 0); the truth maps (coercive voltages,
+    imprint) hold for every waveform, since each branch is a function of the voltage.
 
     Returns
     -------
@@ -375,11 +401,13 @@ def make_dataset(rows: int = 60, cols: int = 60, seed: int = 0, *, n_steps: int 
     (8, 8, 96)
     """
     cfg = SyntheticConfig(rows=rows, cols=cols, seed=seed, n_steps=n_steps, v_max=v_max,
+                          waveform_start=waveform_start, rising_first=rising_first, n_cycles=n_cycles,
                           noise=noise, artifacts=artifacts, spectra=spectra, n_freq=n_freq,
                           spike_fraction=spike_fraction, failed_fraction=failed_fraction,
                           out_of_range_fraction=out_of_range_fraction)
     rng = np.random.default_rng(int(cfg.seed))
-    voltage = paper_waveform(int(cfg.n_steps), float(cfg.v_max))
+    voltage = triangle_waveform(int(cfg.n_steps), float(cfg.v_max), start=cfg.waveform_start,
+                                rising_first=cfg.rising_first, n_cycles=int(cfg.n_cycles))
     maps = _maps(cfg, rng)
     truth = _curves(maps, voltage)
     # draws for the measurement come from their own stream, so the truth of a seed does not
@@ -392,7 +420,7 @@ def make_dataset(rows: int = 60, cols: int = 60, seed: int = 0, *, n_steps: int 
         attrs={
             "source": "synthetic",
             "generator": "switchscope.synthetic.make_dataset",
-            **{k: (int(v) if isinstance(v, bool) else v) for k, v in cfg.to_dict().items()},
+            **{k: (int(v) if isinstance(v, bool) else v) for k, v in cfg.to_dict().items() if v is not None},
             "valid_resonance_khz": list(_VALID_RESONANCE),
         },
     )
