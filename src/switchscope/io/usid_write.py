@@ -173,7 +173,7 @@ def _film(ds: xr.Dataset, fields: Sequence[str] | None, cycles: int | None, spec
         raise ConfigError(f"cycles={cycles!r} is not a number of cycles the dataset holds; give 1..{n_have} or None")
 
     def select(da: xr.DataArray) -> xr.DataArray:
-        if pick is not None and "field" in da.dims:
+        if pick is not None and "field" in da.dims and pick != list(range(da.sizes["field"])):
             da = da.isel(field=pick)
         if "cycle" in da.dims:
             da = da.isel(cycle=slice(0, n_cycles))
@@ -214,7 +214,8 @@ def _film(ds: xr.Dataset, fields: Sequence[str] | None, cycles: int | None, spec
     if freq_hz is None:
         # the ODF translator's dummy bins (no .mat file): centre +- band / 2, here around the resonance
         res = channels.get("resonance")
-        centre = float(np.nanmedian(res.values)) * _scale(res, "resonance") if res is not None else np.nan
+        sample = res.isel(row=slice(0, 16)).values if res is not None else np.array([np.nan])
+        centre = float(np.nanmedian(sample)) * _scale(res, "resonance") if res is not None else np.nan
         centre = 350e3 if not np.isfinite(centre) else round(centre, -3)
         freq_hz = np.linspace(centre - 20e3, centre + 20e3, int(n_freq))
     if freq_hz.size < 2 or not np.all(np.isfinite(freq_hz)):
@@ -460,6 +461,16 @@ def _loop_metrics(voltage: np.ndarray, loops: np.ndarray) -> tuple[np.ndarray, n
     return area, cx, cy
 
 
+def _nearest(grid: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The value of ``grid`` nearest to each ``x`` (NaN stays NaN)."""
+    grid = np.sort(grid)
+    i = np.clip(np.searchsorted(grid, x), 1, grid.size - 1)
+    lo, hi = grid[i - 1], grid[i]
+    with np.errstate(invalid="ignore"):
+        out = np.where(np.abs(x - lo) <= np.abs(hi - x), lo, hi)
+    return np.where(np.isfinite(x), out, np.nan)
+
+
 def _pixel_blocks(film: _Film) -> list[slice]:
     per = max(1, _BLOCK_PIXELS // max(film.cols, 1))
     return [slice(r, min(r + per, film.rows)) for r in range(0, film.rows, per)]
@@ -562,8 +573,7 @@ def _write_all(f: Any, film: _Film, *, spectra: bool, sho: bool, loops: bool, po
         rec["R2 Criterion"] = np.where(finite, r2, np.nan)
         fit[p] = _flat(rec)
         g = rec.copy()
-        nearest = np.abs(vals["resonance"][..., None] - freq).argmin(axis=-1)
-        g["Frequency [Hz]"] = np.where(np.isfinite(vals["resonance"]), freq[nearest], np.nan)
+        g["Frequency [Hz]"] = _nearest(freq, vals["resonance"])
         guess[p] = _flat(g)
         if proj is None or metrics is None:
             continue
