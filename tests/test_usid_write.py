@@ -299,6 +299,10 @@ def test_sho_dtype(tmp_path, kind):
             d = f[SHO][name]
             assert list(d.dtype.names) == SHO_NAMES
             assert all(d.dtype[n] == np.dtype(kind) for n in SHO_NAMES)
+        # BGlib <= 0.0.4 wrote float32 loop results too (be_loop_fitter.py at tag v0.0.4.0)
+        assert f[LOOP]["Projected_Loops"].dtype == np.dtype(kind)
+        lm = f[LOOP]["Loop_Metrics"].dtype
+        assert all(lm[n] == np.dtype(kind) for n in lm.names)
         assert f[f"{SHO}/Fit"]["Frequency [Hz]"][1, 3] == pytest.approx(
             1e3 * float(ds["resonance"][0, 1, 3]), rel=1e-6 if kind == "float32" else 1e-12)
 

@@ -20,7 +20,7 @@ Layout written (facts read from those sources; see ``shared/USID_LAYOUT.md``)::
           Guess, Fit (compound: Amplitude [V], Frequency [Hz], Quality Factor, Phase [rad], R2 Criterion)
           completed_guess_positions, completed_fit_positions (uint8)
           Fit-Loop_Fit_000
-            Projected_Loops (float64, shape and references of the SHO Fit)
+            Projected_Loops (float, shape, chunks and all attributes of the SHO Fit)
             Loop_Metrics (compound: Area, Centroid x, Centroid y, Rotation Angle [rad], Offset)
             Loop_Metrics_Indices / Loop_Metrics_Values
 
@@ -424,8 +424,8 @@ def _sho_dtype(kind: str) -> np.dtype:
     return np.dtype({"names": list(SHO_FIELDS), "formats": [kind] * len(SHO_FIELDS)})
 
 
-def _loop_metrics_dtype() -> np.dtype:
-    return np.dtype({"names": list(LOOP_METRICS_FIELDS), "formats": ["float64"] * len(LOOP_METRICS_FIELDS)})
+def _loop_metrics_dtype(kind: str) -> np.dtype:
+    return np.dtype({"names": list(LOOP_METRICS_FIELDS), "formats": [kind] * len(LOOP_METRICS_FIELDS)})
 
 
 def _flat(block: np.ndarray) -> np.ndarray:
@@ -542,13 +542,13 @@ def _write_all(f: Any, film: _Film, *, spectra: bool, sho: bool, loops: bool, po
         lgrp.attrs.update({"timestamp": _stamp(), "tool": "Loop_Fit", "num_source_dsets": 1,
                            "source_000": fit.ref, "projection_method": "pycroscopy BE loop model",
                            "last_pixel": n_pos})
-        proj = lgrp.create_dataset("Projected_Loops", shape=(n_pos, n_udvs), dtype=np.float64, chunks=chunks)
+        proj = lgrp.create_dataset("Projected_Loops", shape=(n_pos, n_udvs), dtype=sho_dtype, chunks=chunks)
         for key, value in fit.attrs.items():  # create_empty_dataset(h5_main=Fit, float, ...)
             proj.attrs[key] = value
         m_ind, m_val, m_lab, m_unit = _reduce(s_ind, s_val, s_lab, s_unit, "DC_Offset")
         h_mind, h_mval = _write_spec(lgrp, "Loop_Metrics", m_ind, m_val, m_lab, m_unit, regions=False)
         n_loops = film.n_cycles * len(film.fields)
-        metrics = lgrp.create_dataset("Loop_Metrics", shape=(n_pos, n_loops), dtype=_loop_metrics_dtype())
+        metrics = lgrp.create_dataset("Loop_Metrics", shape=(n_pos, n_loops), dtype=_loop_metrics_dtype(sho_dtype))
         metrics.attrs.update({"quantity": "Metrics", "units": "compound", "timestamp": _stamp()})
         _link_main(metrics, pos_ind, pos_val, h_mind, h_mval)
 
@@ -646,7 +646,8 @@ def write_usid(ds: xr.Dataset, path: PathLike, *, spectra: bool | None = None, s
         Position columns ``[Y, X]`` as pyUSID writes since 2019 (with a ``type`` attribute), or
         ``[X, Y]`` with a region reference per column as older files have. X varies fastest in both.
     sho_dtype : {"float64", "float32"}
-        Fields of the SHO compound: float64 (BGlib >= 0.0.5) or float32 (older).
+        Floats of the SHO compound, ``Projected_Loops`` and ``Loop_Metrics``: float64 as BGlib
+        writes since 0.0.5 (commit ab0c931, 2024), or float32 as BGlib 0.0.4 and older did.
     pixel_size : float or (float, float), optional
         Metres per pixel (one, or (row, col)). Default: pixel indices as values, labelled ``m``,
         as the ODF translator writes them.
