@@ -216,10 +216,12 @@ def test_real_resonance_is_not_range_filtered_when_normalized(real_resonance):
     assert da.attrs["n_out_of_range"] == 0
     np.testing.assert_allclose(da.values.reshape(3600, 96), ref_clean(real_resonance), rtol=0,
                                atol=1e-10)
-    # without the mark, the range filter finds nothing in 1300-1340 kHz and says what to do
+    # without the mark, the range derived from the data leaves every value in place...
     ds2 = make_dataset({"resonance": res}, np.arange(96.0))
+    assert clean(ds2)["resonance_clean"].attrs["n_out_of_range"] == 0
+    # ...and the paper's 1300-1340 kHz finds nothing in range and says what to do
     with pytest.raises(DataError, match="no value lies in the valid range 1300.0-1340.0 kHz"):
-        clean(ds2)
+        clean(ds2, CleanConfig.preset("paper"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def test_resonance_range_filter_matches_reference():
     X[1, 50] = 1400.0     # out of range high
     X[2, 0] = 1500.0      # out of range at the first point
     X[3, [20, 21, 22]] = 0.0
-    got = clean(X, channel="resonance")
+    got = clean(X, CleanConfig.preset("paper"), channel="resonance")
     want = ref_clean(X, value_range=(1300, 1340))
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-10)
     assert got.min() >= 1300 - 1e-9 and got.max() <= 1340 + 1e-9
@@ -240,8 +242,9 @@ def test_resonance_range_filter_matches_reference():
     np.testing.assert_allclose(clean(X), ref_clean(X), rtol=1e-13, atol=1e-10)
     # the counts in a Dataset
     ds = make_dataset({"resonance": X.reshape(4, 5, 96)}, np.arange(96.0))
-    a = clean(ds)["resonance_clean"].attrs
+    a = clean(ds, CleanConfig.preset("paper"))["resonance_clean"].attrs
     assert (a["n_out_of_range"], a["n_nonfinite"]) == (6, 0)
+    assert a["resonance_range_khz"] == [1300.0, 1340.0]
 
 
 def test_inf_warns_and_is_interpolated():
@@ -324,8 +327,11 @@ def test_normalize_ignores_nan_and_rejects_constant():
 def test_config_defaults_are_the_paper_values_and_registered():
     c = CleanConfig()
     assert (c.savgol_window, c.savgol_order, c.n_outliers) == (7, 3, 3)
-    assert (c.resonance_low_khz, c.resonance_high_khz) == (1300.0, 1340.0)
-    assert CleanConfig.preset("paper") == c
+    # the range and the normalization come from the data unless the paper's preset fixes them
+    assert (c.resonance_range_khz, c.normalization) == ("auto", "auto")
+    paper = CleanConfig.preset("paper")
+    assert (paper.resonance_range_khz, paper.normalization) == ((1300.0, 1340.0), "global")
+    assert paper == c.replace(resonance_range_khz=(1300.0, 1340.0), normalization="global")
     assert STAGE_CONFIGS["clean"] is CleanConfig
     got = configs_from_mapping({"clean": {"savgol_window": 9, "channels": ["piezoresponse"]}})
     assert got["clean"].savgol_window == 9 and got["clean"].channels == ("piezoresponse",)
@@ -340,9 +346,13 @@ def test_config_defaults_are_the_paper_values_and_registered():
     ({"savgol_order": -1}, r"\[clean\] savgol_order must be an integer >= 0, got -1"),
     ({"n_outliers": -1}, r"\[clean\] n_outliers must be an integer >= 0 and <= 1000, got -1"),
     ({"n_outliers": 2.5}, r"\[clean\] n_outliers must be an integer >= 0 and <= 1000, got 2.5"),
-    ({"resonance_low_khz": 1340.0}, r"resonance_low_khz must be a number < resonance_high_khz "
-                                    r"\(1340.0\), got 1340.0"),
-    ({"resonance_low_khz": 1400, "resonance_high_khz": 1300}, "resonance_low_khz must be"),
+    ({"resonance_range_khz": (1340.0, 1340.0)}, r"\[clean\] resonance_range_khz must be \"auto\" or "
+                                                r"\[low, high\] in kHz with low < high, got \(1340.0, 1340.0\)"),
+    ({"resonance_range_khz": [1400, 1300]}, "resonance_range_khz must be"),
+    ({"resonance_range_khz": "paper"}, "resonance_range_khz must be"),
+    ({"resonance_range_khz": [1300, float("nan")]}, "resonance_range_khz must be"),
+    ({"normalization": "minmax"}, r"\[clean\] normalization must be one of 'auto', 'global', 'pixel', "
+                                  r"'robust', got 'minmax'"),
     ({"range_filter": "yes"}, r"\[clean\] range_filter must be true or false, got 'yes'"),
     ({"channels": ["piezo"]}, r"\[clean\] channels must be a list of: piezoresponse"),
 ])

@@ -37,6 +37,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import NMF, PCA, IncrementalPCA
 from sklearn.exceptions import ConvergenceWarning as _SkConvergenceWarning
 
+from ._baselines import compare, mean_loop_mse
 from ._config import StageConfig, register
 from ._context import RunContext
 from ._dataset import CHANNELS
@@ -936,6 +937,7 @@ def _decompose_channel(ds: xr.Dataset, channel: str, config: DecompositionConfig
                         algorithm=config.kmeans_algorithm, random_state=seed)
         kp = dataclasses.replace(kp, grid=grid, channel=channel)
     summary["kmeans_pca_seconds"] = round(time.perf_counter() - t, 4)
+    summary["baselines"] = _baselines(X, p, n, channel)
     summary["divisive_sizes"] = np.bincount(div.labels).tolist()
     summary["divisive_top_sizes"] = np.bincount(div.top_labels).tolist()  # type: ignore[arg-type]
     summary["kmeans_pca_sizes"] = np.bincount(kp.labels).tolist()
@@ -947,6 +949,20 @@ def _decompose_channel(ds: xr.Dataset, channel: str, config: DecompositionConfig
     out = xr.merge([p.to_dataset(suffix), n.to_dataset(suffix), div.to_dataset(suffix), kp.to_dataset(suffix)])
     out[f"cluster_divisive{suffix}"].attrs["source"] = source
     return out, summary
+
+
+def _baselines(X: np.ndarray, p: PCAResult, n: NMFResult, channel: str) -> dict[str, Any]:
+    """PCA and NMF reconstruction against the mean loop, as fractions of the variance of ``X``
+    (all pixels, on which both were fitted); a DataWarning for a model not clearly better."""
+    ml = mean_loop_mse(X, X)
+    out: dict[str, Any] = {"evaluated_on": "all pixels (the ones fitted)"}
+    for key, res, label in (("pca", p, f"PCA ({p.n_components} components)"),
+                            ("nmf", n, f"NMF ({n.n_components} components)")):
+        mse = float(np.mean((X - res.reconstruct()) ** 2))
+        out[key] = compare(mse, X, mean_loop=ml, model=label, channel=channel)
+        if "warning" in out[key]:
+            warnings.warn(out[key]["warning"], DataWarning, stacklevel=4)
+    return out
 
 
 def _truth_scores(ds: xr.Dataset, div: ClusterResult, kp: ClusterResult, summary: dict[str, Any]) -> None:
@@ -1024,7 +1040,10 @@ def decompose_dataset(ds: xr.Dataset, config: DecompositionConfig | None = None,
 def stage(ds: xr.Dataset, config: DecompositionConfig, ctx: RunContext) -> xr.Dataset:
     """Pipeline stage ``decomposition``: :func:`decompose_dataset` and its summary.
 
-    Adds ``ctx.summary["decomposition"]``; the report draws ``pca.png``, ``nmf.png``,
+    Adds ``ctx.summary["decomposition"]``, with ``baselines`` (per channel): PCA's and NMF's
+    reconstruction error against the mean loop's, as fractions of the data variance (see
+    :mod:`switchscope._baselines`; a DataWarning and a note in the report when one is not clearly
+    better); the report draws ``pca.png``, ``nmf.png``,
     ``clusters_divisive.png`` and ``clusters_kmeans_pca.png`` (plus ``_<channel>`` versions for
     extra channels) from the results.
     """

@@ -1,9 +1,10 @@
 """The ``autoencoder`` pipeline stage: one sparse LSTM autoencoder per channel.
 
 For each channel of ``config.channels`` present in the data (``<channel>_clean`` when the clean
-stage ran, else the raw channel), the loops are normalized by their global mean and std (the
-statistics the clean stage stored in ``norm_mean``/``norm_std``, else computed here; a variable
-whose attrs say ``normalized=1`` is used as is), a network is trained (or, with
+stage ran, else the raw channel), the loops are normalized as the clean stage chose (global,
+robust or per pixel: :func:`~switchscope.preprocess.stored_stats`; without stored statistics, by
+the global mean and std computed here; a variable whose attrs say ``normalized=1`` is used as is),
+a network is trained (or, with
 ``ctx.pretrained == "paper"``, the published one is loaded), and the stage adds:
 
 * ``embedding_<channel>`` (row, col, neuron): the sparse ReLU embedding;
@@ -14,7 +15,9 @@ whose attrs say ``normalized=1`` is used as is), a network is trained (or, with
 
 and to ``ctx.summary["autoencoder"][channel]``: active neurons (see
 :func:`~switchscope.autoencoder.active_neurons`), reconstruction MSE on the normalized loops (train,
-validation, all pixels), epochs, seconds. Models go to ``ctx.models/<channel>/`` (for the
+validation, all pixels), epochs, seconds, and ``baselines``: the held-out error against the mean
+loop and PCA with as many components as active neurons (fractions of the variance; a DataWarning
+and a note in the report when the network is not clearly better than the mean loop). Models go to ``ctx.models/<channel>/`` (for the
 published networks, a ``config.json`` that names them); the interpretation stage loads its
 decoder from there, with the normalization recorded in the embedding's attributes. The stage
 computes only: the report draws its figures from the results and ``models/``.
@@ -30,11 +33,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .._baselines import compare, mean_loop_mse, pca_mse
 from .._context import RunContext
 from .._errors import DataError, DataWarning
 from .._grid import flatten, unflatten
 from .model import n_parameters
 from ..paper import PAPER_L1, PAPER_STEPS
+from ..preprocess import NormStats, normalize, stored_stats
 from .train import Autoencoder, AutoencoderConfig, active_neurons
 
 __all__ = ["stage", "AutoencoderConfig"]
@@ -42,28 +47,21 @@ __all__ = ["stage", "AutoencoderConfig"]
 #: Sequence length of the published networks.
 
 
-def _normalization(var: xr.DataArray, X: np.ndarray) -> tuple[float, float]:
-    """(mean, std) that map ``X`` to the normalized loops the network sees."""
-    attrs = var.attrs
+def _normalization(ds: xr.Dataset, name: str, X: np.ndarray) -> NormStats:
+    """The statistics that map ``X`` to the normalized loops the network sees: floats, or arrays
+    of shape (n_pixels, 1) for per-pixel normalization."""
+    attrs = ds[name].attrs
     flag = attrs.get("normalized", 0)
     if isinstance(flag, (bytes, str)):
         flag = flag.strip().lower() in {"1", "true", "yes"}
     if flag:
-        return 0.0, 1.0
-    if "norm_mean" in attrs and "norm_std" in attrs:
-        mean, std = float(attrs["norm_mean"]), float(attrs["norm_std"])
-        if np.isfinite(mean) and np.isfinite(std) and std > 0:
-            return mean, std
-    try:
-        from ..preprocess import normalize
-    except ImportError:  # pragma: no cover - the preprocess module ships with the package
-        mean, std = float(X.mean()), float(X.std())
-    else:
-        _, st = normalize(X)
-        mean, std = st.mean, st.std
-    if not std > 0:
-        raise DataError(f"{var.name} has the same value everywhere (std 0); an autoencoder cannot learn from it")
-    return mean, std
+        return NormStats(0.0, 1.0)
+    st = stored_stats(ds, name)
+    if st is not None:
+        return st
+    if not X.std() > 0:
+        raise DataError(f"{name} has the same value everywhere (std 0); an autoencoder cannot learn from it")
+    return normalize(X)[1]
 
 
 def _loops(ds: xr.Dataset, channel: str) -> tuple[str, np.ndarray, tuple[int, ...]] | None:
@@ -114,19 +112,30 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
         loaded = _loops(ds, channel)
         assert loaded is not None
         name, X, grid = loaded
-        mean, std = _normalization(ds[name], X)
+        st = _normalization(ds, name, X)
+        mean, std = st.mean, st.std
         Xn = (X - mean) / std
         t0 = time.perf_counter()
         if ctx.pretrained == "paper" and channel in PAPER_L1:
             info, Z, R, hist, decode_n = _pretrained(channel, Xn, ctx)
+            tr = ev = np.arange(len(Xn))  # the published network saw none of these pixels' split
         else:
-            info, Z, R, hist, decode_n = _train(channel, Xn, config, ctx)
+            info, Z, R, hist, decode_n, (tr, ev) = _train(channel, Xn, config, ctx)
         info["seconds"] = time.perf_counter() - t0
         active = active_neurons(Z)
         info.update(active_neurons=int(active.sum()), n_neurons=int(Z.shape[1]),
                     active_neuron_index=[int(i) for i in np.flatnonzero(active)],
                     mse_all=float(np.mean((R - Xn) ** 2)), variable=name,
-                    norm_mean=float(mean), norm_std=float(std))
+                    normalization="pixel" if st.per_pixel else str(ds[name].attrs.get("normalization", "global")))
+        info["baselines"] = _baselines(Xn, R, tr, ev, int(active.sum()), channel)
+        if "warning" in info["baselines"]:
+            warnings.warn(info["baselines"]["warning"], DataWarning, stacklevel=2)
+        if st.per_pixel:  # the decoder's curves are in units of each pixel's own std
+            norm = {"normalization": "pixel", "norm_mean_variable": f"{channel}_norm_mean",
+                    "norm_std_variable": f"{channel}_norm_std"}
+        else:
+            norm = {"normalization": info["normalization"], "norm_mean": float(mean), "norm_std": float(std)}
+            info.update(norm_mean=float(mean), norm_std=float(std))
         section[channel] = info
 
         units = ds[name].attrs.get("units", "")
@@ -136,13 +145,28 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
             attrs={"long_name": f"{channel} autoencoder embedding", "units": "1",
                    "active_threshold": 1e-6, "n_active": int(active.sum()), "source": info["source"],
                    # the decoder saved in models/<channel> works on loops normalized with these
-                   "norm_mean": float(mean), "norm_std": float(std), "normalized_variable": name})
+                   **norm, "normalized_variable": name})
         out[f"reconstruction_{channel}"] = xr.DataArray(
             unflatten(R * std + mean, grid), dims=("row", "col", "step"),
             attrs={"long_name": f"{channel} reconstructed by the autoencoder", "units": units,
                    "mse_normalized": info["mse_all"]})
         histories[channel] = (hist, grid)
     _add_histories(out, histories)
+    return out
+
+
+def _baselines(Xn: np.ndarray, R: np.ndarray, train: np.ndarray, evaluate: np.ndarray, n_active: int,
+               channel: str) -> dict[str, Any]:
+    """The network's error on the ``evaluate`` pixels (held out when there are any) against the mean
+    loop and PCA with ``n_active`` components, both fitted on the ``train`` pixels, as fractions of
+    the variance of the evaluated normalized loops (see :mod:`switchscope._baselines`)."""
+    Xt, Xe = Xn[train], Xn[evaluate]
+    held_out = not np.array_equal(train, evaluate)
+    out = compare(float(np.mean((R[evaluate] - Xe) ** 2)), Xe, mean_loop=mean_loop_mse(Xt, Xe),
+                  pca=pca_mse(Xt, Xe, n_active), pca_components=n_active, channel=channel,
+                  model=f"the autoencoder ({n_active} active neurons)")
+    out["evaluated_on"] = (f"{len(evaluate)} held-out pixels" if held_out
+                           else f"all {len(evaluate)} pixels (no held-out set)")
     return out
 
 
@@ -183,7 +207,7 @@ def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunCont
         "training_seconds": ae.seconds_,
     }
     hist = ae.embedding_history_ or [(ae.best_epoch_, Z)]
-    return info, Z, R, hist, ae.decode
+    return info, Z, R, hist, ae.decode, (tr, va if len(va) else tr)
 
 
 def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):

@@ -4,10 +4,46 @@ stage and :func:`switchscope.loops.fit_loops` use."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Container
+from typing import Any, Literal
 
 from .._config import StageConfig, register
+from .._errors import ConfigError
 from ._models import MODELS
+
+#: Channels whose curves are not hysteresis loops, and why: the loop models describe the
+#: piezoresponse (A cos phi), whose sign follows the polarization.
+NOT_LOOPS: dict[str, str] = {
+    "resonance": "a butterfly-shaped channel (contact resonance frequency), not a hysteresis loop",
+    "quality_factor": "a butterfly-shaped channel (quality factor of the resonance), not a hysteresis loop",
+    "amplitude": "a butterfly-shaped channel (response magnitude, no sign), not a hysteresis loop",
+    "phase": "the sign of the response (two levels, in degrees), not a loop of its size",
+}
+
+
+def check_loop_channel(name: str, where: str = "[loops] channel") -> None:
+    """Refuse a channel whose curves are not hysteresis loops (see :data:`NOT_LOOPS`).
+
+    ``<channel>_clean`` and ``reconstruction_<channel>`` count as their channel.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the option, the channel, why it is no loop and what to fit instead.
+    """
+    base = str(name).removesuffix("_clean").removeprefix("reconstruction_")
+    if base in NOT_LOOPS:
+        raise ConfigError(f"{where} = {str(name)!r}: {base} is {NOT_LOOPS[base]}; loop fitting applies to "
+                          "piezoresponse (set it to piezoresponse, or leave it unset)")
+
+
+def default_loop_variable(variables: Container[Any]) -> str | None:
+    """The variable a loop fit uses when ``[loops] channel`` is unset: ``piezoresponse_clean``,
+    else ``piezoresponse``; None when ``variables`` has neither."""
+    for name in ("piezoresponse_clean", "piezoresponse"):
+        if name in variables:
+            return name
+    return None
 
 
 @register("loops")
@@ -20,7 +56,9 @@ class LoopsConfig(StageConfig):
     model : {"paper13", "bglib9"}
         Loop model: the paper's 13-parameter loop or BGlib's 9-parameter loop.
     channel : str or None
-        Variable to fit; None fits ``piezoresponse_clean`` if present, else ``piezoresponse``.
+        Variable to fit; None fits ``piezoresponse_clean`` if present, else ``piezoresponse`` (and
+        a run without either skips the stage). Only hysteresis loops are fitted: resonance,
+        quality factor, amplitude and phase (butterflies or two-level signals) are refused.
     n_clusters : int
         Clusters of the k-means priors (0: data-driven starts only).
     max_iter : int
@@ -58,6 +96,8 @@ class LoopsConfig(StageConfig):
         self.check_choice("model", tuple(MODELS))
         if self.channel is not None and not isinstance(self.channel, str):
             self._fail("channel", "a variable name or None", self.channel)
+        if self.channel is not None:
+            check_loop_channel(self.channel)
         self.check_number("n_clusters", lo=0, hi=64, integer=True)
         self.check_number("max_iter", lo=1, hi=100_000, integer=True)
         self.check_number("race_iter", lo=1, hi=1000, integer=True, optional=True)

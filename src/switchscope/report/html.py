@@ -221,12 +221,25 @@ def _summary_section(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
 
 
 def _cleaning_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
-    keys = ("n_nonfinite", "n_out_of_range", "n_outliers", "norm_mean", "norm_std")
-    rows = []
+    rows, reasons, ranges = [], [], []
     for ch in CHANNELS:
         v = f"{ch}_clean"
-        if v in ds:
-            rows.append([ch] + [ds[v].attrs.get(k, "") for k in keys])
+        if v not in ds:
+            continue
+        a = ds[v].attrs
+        method = str(a.get("normalization", "global"))
+        if method == "pixel":
+            stats = [f"per pixel ({ch}_norm_mean)", f"per pixel ({ch}_norm_std)"]
+        else:
+            stats = [a.get("norm_mean", ""), a.get("norm_std", "")]
+        rows.append([ch, a.get("n_nonfinite", ""), a.get("n_out_of_range", ""), a.get("n_outliers", ""), method,
+                     *stats])
+        if "normalization_reason" in a:
+            reasons.append(f"<li><b>{_e(ch)}</b>: {_e(a['normalization_reason'])}.</li>")
+        if "resonance_range_khz" in a:
+            lo, hi = np.ravel(a["resonance_range_khz"])[:2]
+            ranges.append(f"{ch} outside {_fmt(float(lo))}-{_fmt(float(hi))} kHz "
+                          f"({_e(a.get('resonance_range_source', ''))})")
     if not rows:
         return ""
     from ..preprocess import CleanConfig
@@ -235,16 +248,20 @@ def _cleaning_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
     clean = {**CleanConfig().to_dict(), **(recorded if isinstance(recorded, Mapping) else {})}
     n_pix = int(ds.sizes.get("row", 0)) * int(ds.sizes.get("col", 0))
     per = clean["n_outliers"]
+    out_of_range = ("; values <b>out of range</b> (" + _e("; ".join(ranges)) + ") were set to NaN and interpolated"
+                    if ranges else "")
     note = ("<p class=\"note\">Points replaced, and why: <b>NaN/Inf</b> values in the file were interpolated from "
-            "their neighbours along the voltage; values <b>out of range</b> (resonance outside "
-            f"{_e(clean.get('resonance_low_khz', 1300))}-{_e(clean.get('resonance_high_khz', 1340))} kHz) were "
-            "set to NaN and interpolated; the paper's recipe then replaces, in every curve, the "
+            f"their neighbours along the voltage{out_of_range}; the paper's recipe then replaces, in every curve, the "
             f"<b>{_e(per)} points farthest from a Savitzky-Golay fit</b> (window "
             f"{_e(clean.get('savgol_window', 7))}, order {_e(clean.get('savgol_order', 3))}), spikes or not: "
-            f"{_e(per)} x {n_pix} pixels. Each channel is then normalized by its mean and standard deviation "
-            "(norm_mean, norm_std).</p>")
-    return note + _table(["channel", "NaN/Inf repaired", "out of range", "outlier points replaced", "norm_mean",
-                          "norm_std"], rows)
+            f"{_e(per)} x {n_pix} pixels. Each channel is then normalized for the learning stages: "
+            "<b>global</b> (the paper: its mean and standard deviation, norm_mean and norm_std), <b>pixel</b> (each "
+            "curve by its own mean and standard deviation) or <b>robust</b> (median and interquartile range / "
+            "1.349).</p>")
+    if reasons:
+        note += f"<ul class=\"note\">{''.join(reasons)}</ul>"
+    return note + _table(["channel", "NaN/Inf repaired", "out of range", "outlier points replaced", "normalization",
+                          "norm_mean", "norm_std"], rows, text_cols=1)
 
 
 def _loops_table(ds: xr.Dataset) -> str:
@@ -285,6 +302,52 @@ def _decomposition_table(ds: xr.Dataset) -> str:
     ratio = ev / total if total > 0 else ev
     return _table(["component", "explained variance", "cumulative share"],
                   [(k, ev[k], np.cumsum(ratio)[k]) for k in range(ev.size)])
+
+
+def _baseline_rows(summary: Mapping[str, Any]) -> tuple[dict[str, list[tuple]], dict[str, list[str]]]:
+    """Rows of the baseline tables and the warnings, by page section, from ``summary``."""
+    rows: dict[str, list[tuple]] = {"decomposition": [], "reconstruction": []}
+    warns: dict[str, list[str]] = {"decomposition": [], "reconstruction": []}
+
+    def add(gid: str, ch: str, model: str, b: Any) -> None:
+        if not isinstance(b, Mapping) or "model_fraction" not in b:
+            return
+        rows[gid].append((ch, model, b.get("model_fraction"), b.get("mean_loop_fraction"),
+                          b.get("pca_fraction", "-"), str(b.get("evaluated_on", ""))))
+        if b.get("warning"):
+            warns[gid].append(str(b["warning"]))
+
+    dec = summary.get("decomposition")
+    if isinstance(dec, Mapping):
+        for ch, part in [(dec.get("channel", ""), dec), *[(k, v) for k, v in dec.items()
+                                                          if k in CHANNELS and isinstance(v, Mapping)]]:
+            b = part.get("baselines") if isinstance(part, Mapping) else None
+            if isinstance(b, Mapping):
+                for key in ("pca", "nmf"):
+                    add("decomposition", str(ch), key.upper(), {**b.get(key, {}), "evaluated_on": b.get("evaluated_on")})
+    ae = summary.get("autoencoder")
+    if isinstance(ae, Mapping):
+        for ch, info in ae.items():
+            if isinstance(info, Mapping):
+                add("reconstruction", str(ch), "autoencoder", info.get("baselines"))
+    return rows, warns
+
+
+def _baselines_block(summary: Mapping[str, Any], gid: str) -> str:
+    """The learned models' errors against the mean loop (and PCA), with a warning box for each
+    model that is not clearly better than the mean loop."""
+    rows, warns = _baseline_rows(summary)
+    if not rows[gid]:
+        return ""
+    boxes = "".join(f'<div class="ss-warning" role="alert"><b>Warning:</b> {_e(w)}.</div>' for w in warns[gid])
+    pca = ("; PCA: PCA with as many components as the network's active neurons, fitted on the same training "
+           "pixels" if gid == "reconstruction" else "")
+    return (boxes + "<p class=\"note\">Reconstruction error against trivial baselines, as fractions of the data "
+            "variance (1: no better than one number). Mean loop: every curve predicted by the mean curve of the "
+            f"training pixels{pca}. A model is clearly better when its error stays below 0.8 x the mean "
+            "loop's.</p>"
+            + _table(["channel", "model", "model error", "mean loop", "PCA (same size)", "evaluated on"], rows[gid],
+                     text_cols=2))
 
 
 def _reconstruction_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
@@ -489,8 +552,8 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
     if explorer:  # first after the summary: the place to start
         sections.append(_section("explorer", "Explorer", explorer))
     extra = {"cleaning": _cleaning_table(ds, summary), "loops": _loops_table(ds),
-             "decomposition": _decomposition_table(ds),
-             "reconstruction": _reconstruction_table(ds, summary)}
+             "decomposition": _baselines_block(summary, "decomposition") + _decomposition_table(ds),
+             "reconstruction": _baselines_block(summary, "reconstruction") + _reconstruction_table(ds, summary)}
     for gid, title in SECTIONS:
         body = extra.get(gid, "") + figs(gid)
         if body:

@@ -19,8 +19,9 @@ from .movies import training_frames, write_movie
 def reconstruction_error(ds: xr.Dataset, channel: str) -> np.ndarray | None:
     """Per-pixel mean squared error ``(rows, cols)`` of ``reconstruction_<channel>``.
 
-    In normalized units (divided by ``norm_std**2`` of ``<channel>_clean`` when known), so it is
-    comparable with the training loss; None when the variables are absent.
+    In normalized units (divided by ``norm_std**2`` of ``<channel>_clean`` when known, by each
+    pixel's own ``<channel>_norm_std`` squared under per-pixel normalization), so it is comparable
+    with the training loss; None when the variables are absent.
     """
     rec, ref = f"reconstruction_{channel}", f"{channel}_clean"
     emb = ds.get(f"embedding_{channel}")
@@ -32,6 +33,9 @@ def reconstruction_error(ds: xr.Dataset, channel: str) -> np.ndarray | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
         mse = np.nanmean(diff**2, axis=-1)
+    if emb is not None and str(emb.attrs.get("normalization", "")) == "pixel":
+        std_var = str(emb.attrs.get("norm_std_variable", f"{channel}_norm_std"))
+        return mse / ds[std_var].transpose("row", "col").values ** 2 if std_var in ds else mse
     std = emb.attrs.get("norm_std") if emb is not None and "norm_std" in emb.attrs else ds[ref].attrs.get("norm_std")
     if std is not None and np.isfinite(float(np.ravel(std)[0])) and float(np.ravel(std)[0]) > 0:
         mse = mse / float(np.ravel(std)[0]) ** 2
