@@ -50,6 +50,48 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _data_entry(text: str) -> tuple[str | None, str]:
+    """``CHANNEL=PATH`` or ``PATH`` (a path may itself hold '=' when no channel prefixes it)."""
+    from ._dataset import CHANNELS
+
+    head, sep, tail = text.partition("=")
+    if sep and head in CHANNELS:
+        return head, tail
+    return None, text
+
+
+def _data_config(args: argparse.Namespace, configs: dict[str, StageConfig]) -> None:
+    """``--data`` (repeatable, ``CHANNEL=PATH``) and ``--select`` into ``configs["data"]``."""
+    from .io import DataConfig, find_reader
+
+    given = getattr(args, "data", None) or []
+    select = getattr(args, "select", None) or None
+    base = configs.get("data")
+    if not given:
+        if select is not None:
+            configs["data"] = (base or DataConfig()).replace(select=select)
+        return
+    array = {"voltage": args.voltage, "grid": args.grid, "normalized": bool(args.normalized) or False}
+    select = select if select is not None else getattr(base, "select", None)
+    entries = [_data_entry(text) for text in given]
+    if len(entries) == 1:
+        channel, path = entries[0]
+        configs["data"] = DataConfig(path=path, channel=channel or args.channel, select=select, **array)
+        return
+    if args.channel:
+        raise ConfigError("--channel names the channel of one file; with several --data give CHANNEL=PATH each")
+    files = []
+    for channel, path in entries:
+        entry: dict[str, Any] = {"path": path}
+        if channel:
+            entry["channel"] = channel
+        # the array options (--grid, --voltage, --normalized) are for the files that need them
+        if "grid" in find_reader(path).options:
+            entry.update({k: v for k, v in array.items() if v})
+        files.append(entry)
+    configs["data"] = DataConfig(files=files, select=select)
+
+
 def _configs(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None
              ) -> dict[str, StageConfig]:
     """Stage configs from ``--preset``, then ``--config FILE``, then command-line overrides."""
@@ -109,15 +151,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_seed(args)
     stages = parse_stages(args.stages) if args.stages is not None else None
     check_device(args.device)
+    from .io.config import data_paths
+
     configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
-    data_cfg = getattr(configs.get("data"), "path", None)
+    _data_config(args, configs)
+    paths = data_paths(configs.get("data"))
     voltage_file = args.voltage if args.voltage and Path(args.voltage).is_file() else None
-    check_output_place(args.out, [args.data, data_cfg, args.config, voltage_file])
-    if args.data is None and data_cfg is None:
+    check_output_place(args.out, [*paths, args.config, voltage_file])
+    if not paths:
         print("no --data given: using the embedded synthetic dataset (see `switchscope run --help`)",
               flush=True)
     run(
-        args.data,
+        None,
         args.out,
         configs=configs,
         stages=stages,
@@ -126,7 +171,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         pretrained=args.pretrained,
         progress=not args.no_progress,
-        load_options=_load_options(args),
     )
     return 0
 
@@ -147,20 +191,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .io import describe, load
+    from .select import parse_select
 
-    ds = load(args.path, **_load_options(args))
-    print(describe(ds))
+    select = parse_select(args.select)
+    options = _load_options(args)
+    if "group" in select:
+        options["group"] = select["group"]
+    ds = load(args.path, **options)
+    print(describe(ds, run=True))
     return 0
 
 
 def _one_stage_command(args: argparse.Namespace, section: str, apply, overrides=None) -> int:
     """Load ``--data``, apply one stage's function with its config, save to ``--out``."""
     from ._dataset import check_values
-    from .io import load, save
+    from .io import save
 
-    out = check_output_file(args.out, args.force, inputs=[args.data])
+    from .io.config import data_paths, load_data
+
     configs = _configs(args, {section: overrides or {}})
-    ds = load(args.data, **_load_options(args))
+    _data_config(args, configs)
+    out = check_output_file(args.out, args.force, inputs=data_paths(configs.get("data")))
+    ds = load_data(configs["data"])
     check_values(ds)
     ds = apply(ds, configs.get(section) or STAGE_CONFIGS[section]())
     save(ds, out, overwrite=args.force)
@@ -210,10 +262,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------
 def _add_data_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", required=required, metavar="FILE",
-                   help="measurement file (.mat, .nc, .npy, .npz); default: the embedded synthetic dataset"
-                   if not required else "measurement file (.mat, .nc, .npy, .npz)")
+    what = ("measurement file (.mat, .nc, .npy, .npz, USID/NSID .h5); repeat it to merge files, one channel "
+            "each, as CHANNEL=FILE (e.g. --data loops.mat --data resonance=res.npy)")
+    p.add_argument("--data", required=required, metavar="[CHANNEL=]FILE", action="append",
+                   help=what + ("" if required else "; default: the embedded synthetic dataset"))
     _add_array_options(p)
+    _add_select_option(p)
+
+
+def _add_select_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select", metavar="KEY=VALUE", action="append",
+                   help="what the stages analyse: field=out-of-field|in-field, cycle=N|mean, group=NAME "
+                   "(USID group); repeatable; default out-of-field and the mean over cycles")
 
 
 def _add_array_options(p: argparse.ArgumentParser) -> None:
@@ -280,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what is in a file: channels, shapes, voltage range, NaN counts")
     p.add_argument("path", help="the data file")
     _add_array_options(p)
+    _add_select_option(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("fit-loops", help="fit every loop of a file and write the switching maps")

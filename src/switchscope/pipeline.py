@@ -97,21 +97,32 @@ def _write_results(ds: xr.Dataset, ctx: RunContext, names: list[str],
 
 def load_data(data: xr.Dataset | str | Path | None, configs: Mapping[str, StageConfig],
               load_options: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """The run's input: a Dataset as given, a file read by :func:`switchscope.io.load`, or, with
-    ``data=None``, the embedded synthetic dataset configured by the ``[synthetic]`` section."""
+    """The run's input: a Dataset as given, a file read by :func:`switchscope.io.load`, the
+    file(s) of the ``[data]`` section, or, with ``data=None`` and no ``[data]`` file, the embedded
+    synthetic dataset configured by the ``[synthetic]`` section.
+
+    Fields and cycles are reduced by the selection (``[data] select``, or ``select`` in
+    ``load_options``; see :mod:`switchscope.select`) before any stage."""
+    from .select import apply_selection, parse_select
+
+    options = dict(load_options or {})
+    data_cfg = configs.get("data")
+    select = parse_select(options.pop("select", None) or getattr(data_cfg, "select", None))
     if isinstance(data, xr.Dataset):
-        return data
-    if data is None and getattr(configs.get("data"), "path", None):
+        return apply_selection(data, select)
+    if data is None and data_cfg is not None and (data_cfg.path or data_cfg.files):
         from .io import load_data as load_from_config
 
-        return load_from_config(configs["data"])
+        return load_from_config(data_cfg.replace(select=select or None))
     if data is None:
         from .synthetic import make_dataset
 
-        return make_dataset(**stage_config_synthetic(configs).to_dict())
+        return apply_selection(make_dataset(**stage_config_synthetic(configs).to_dict()), select)
     from .io import load
 
-    return load(data, **dict(load_options or {}))
+    if "group" in select:
+        options["group"] = select["group"]
+    return apply_selection(load(data, **options), select)
 
 
 def stage_config_synthetic(configs: Mapping[str, StageConfig]) -> StageConfig:
@@ -161,8 +172,10 @@ def run(
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out)
     inputs = [data] if isinstance(data, (str, Path)) else []
-    if data is None and getattr(configs.get("data"), "path", None):
-        inputs.append(configs["data"].path)
+    if data is None:
+        from .io.config import data_paths
+
+        inputs.extend(data_paths(configs.get("data")))
     resolved = check_output_place(out, inputs)
     with locked(resolved):
         recover(resolved)  # what killed runs left here, before judging what is there
@@ -247,6 +260,7 @@ def _run_stages(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageCon
         "grid": [int(ds.sizes.get("row", 0)), int(ds.sizes.get("col", 0))],
         "n_steps": int(ds.sizes.get("step", 0)),
         "channels": channels_in(ds),
+        "selection": str(ds.attrs.get("selection", "")),
     }
     timings: dict[str, float] = {"load": round(load_seconds, 3)}
     ctx.summary["timings_s"] = timings

@@ -2,8 +2,8 @@
 NetCDF (atomically), :func:`describe` a Dataset as text.
 
 Formats read (detected from the bytes, never the suffix alone): MATLAB v5/v7 and v7.3 ``.mat``
-with the paper's variable names, NumPy ``.npy``/``.npz`` with an explicit voltage and grid, and
-NetCDF written by :func:`save`.
+with the paper's variable names, NumPy ``.npy``/``.npz`` with an explicit voltage and grid,
+NetCDF written by :func:`save`, USID HDF5 (:mod:`.usid`) and NSID HDF5 (:mod:`.nsid`).
 """
 
 from ._base import PAPER_KEYS, Reader
@@ -13,6 +13,8 @@ from .describe import describe
 from .matlab import MatV5Reader, MatV73Reader
 from .netcdf import NetCDFReader, save
 from .npy import NpyReader, NpzReader
+from .nsid import NSIDReader
+from .usid import USIDReader
 from ..paper import paper_voltage
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "NetCDFReader",
     "NpyReader",
     "NpzReader",
+    "NSIDReader",
+    "USIDReader",
     "Reader",
     "describe",
     "find_reader",

@@ -17,9 +17,12 @@ from ._base import PathLike, Reader, VoltageLike, check_regular_file, hdf5_offse
 from .matlab import MatV5Reader, MatV73Reader
 from .netcdf import NetCDFReader
 from .npy import NpyReader, NpzReader
+from .nsid import NSIDReader
+from .usid import USIDReader
 
 #: Every format switchscope reads, in the order they are tried.
-READERS: tuple[Reader, ...] = (MatV5Reader(), MatV73Reader(), NpyReader(), NpzReader(), NetCDFReader())
+READERS: tuple[Reader, ...] = (MatV5Reader(), MatV73Reader(), NpyReader(), NpzReader(), NetCDFReader(),
+                               USIDReader(), NSIDReader())
 
 
 def formats() -> str:
@@ -56,8 +59,9 @@ def _why_none(path: Path, head: bytes) -> str:
         except Exception as exc:  # noqa: BLE001
             return (f"'{path}' is an HDF5 file that cannot be opened ({oneline(exc)}); it is truncated "
                     "or corrupt: copy or save it again")
-        return (f"'{path}' is an HDF5 file but neither a MATLAB v7.3 file nor a NetCDF file written by "
-                f"switchscope; formats read: {formats()}")
+        return (f"'{path}' is an HDF5 file but neither a MATLAB v7.3 file, a NetCDF file written by "
+                f"switchscope, a USID file (main datasets with Position_Indices references) nor an NSID file "
+                f"(main datasets with labelled dimension scales); formats read: {formats()}")
     if head.startswith(b"PK"):
         return (f"'{path}' is a zip archive but not a NumPy .npz (only .npy members); "
                 f"formats read: {formats()}")
@@ -72,12 +76,14 @@ def _why_none(path: Path, head: bytes) -> str:
 
 def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | None = None,
          grid: tuple[int, int] | None = None, normalized: bool = False,
-         keys: Mapping[str, str] | None = None) -> xr.Dataset:
+         keys: Mapping[str, str] | None = None, group: str | None = None) -> xr.Dataset:
     """Read a BEPS measurement (or saved results) into a switchscope Dataset.
 
     The format is decided from the file's bytes, never from its suffix alone: MATLAB v5/v7 and
-    v7.3 ``.mat`` (the paper's variable names), NumPy ``.npy``/``.npz``, and NetCDF written by
-    :func:`save`.
+    v7.3 ``.mat`` (the paper's variable names), NumPy ``.npy``/``.npz``, NetCDF written by
+    :func:`save`, USID HDF5 (pycroscopy/BGlib: SHO fits, projected loops, raw spectra) and NSID
+    HDF5 (pyNSID/sidpy). Files with fields and cycles give ``field``/``cycle`` dims, which
+    :func:`switchscope.select.apply_selection` reduces.
 
     Parameters
     ----------
@@ -95,7 +101,10 @@ def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | N
         Mark the channels as already normalized (``attrs["normalized"] = 1``).
     keys : mapping of str to str, optional
         ``{variable in the file: channel or "voltage"}``, replacing the built-in names
-        (``.mat`` and ``.npz``).
+        (``.mat``, ``.npz``; NSID: dataset path or name -> channel).
+    group : str, optional
+        USID files: the measurement or result group to read (e.g. ``Measurement_001``,
+        ``Raw_Data-SHO_Fit_000``, ``Raw_Data``); default the newest.
 
     Returns
     -------
@@ -111,7 +120,7 @@ def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | N
     """
     reader = find_reader(path)
     given = {"channel": channel, "voltage": voltage, "grid": grid,
-             "normalized": normalized or None, "keys": keys}
+             "normalized": normalized or None, "keys": keys, "group": group}
     options: dict[str, Any] = {}
     for name, value in given.items():
         if value is None:

@@ -11,8 +11,10 @@ import numpy as np
 import xarray as xr
 
 from .._config import StageConfig, register
-from .._dataset import CHANNELS
+from .._dataset import CHANNELS, channels_in
 from .._errors import ConfigError, DataError
+from .._text import printable
+from ..select import apply_selection, parse_select
 from ._load import load
 
 
@@ -43,9 +45,13 @@ def parse_voltage(text: str | None) -> np.ndarray | str | None:
     if text is None or text == "paper":
         return text
     path = Path(text)
-    if path.exists() and not path.is_file():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # e.g. a long list of volts is no file name: read it as numbers below
+        exists = False
+    if exists and not path.is_file():
         raise DataError(f"the voltage file '{path}' is not a regular file; give a .npy array or a text file of volts")
-    if path.is_file():
+    if exists and path.is_file():
         if path.stat().st_size > 50_000_000:
             raise DataError(f"the voltage file '{path}' is {path.stat().st_size} bytes, far more than one voltage "
                             "per step; give the right file")
@@ -86,6 +92,13 @@ class DataConfig(StageConfig):
         The data are already normalized.
     keys : dict or None
         ``{file variable: channel or "voltage"}`` for files with other names.
+    files : list of dict or None
+        Several files merged into one dataset (``[[data.files]]`` tables), each with its own
+        ``path`` and any of ``channel``, ``voltage``, ``grid``, ``normalized``, ``keys``. Their
+        channels must share the grid and the voltage (to 1e-9 V), and no channel may come twice.
+    select : str, list or dict or None
+        Which field, cycle and group the stages analyse (:mod:`switchscope.select`), e.g.
+        ``{field = "out-of-field", cycle = 2}``; default out-of-field and the mean over cycles.
     """
 
     path: str | None = None
@@ -94,6 +107,8 @@ class DataConfig(StageConfig):
     grid: Any = None
     normalized: bool = False
     keys: dict[str, str] | None = None
+    files: list[dict[str, Any]] | None = None
+    select: Any = None
 
     def validate(self) -> None:
         if self.path is not None and not isinstance(self.path, str):
@@ -113,11 +128,101 @@ class DataConfig(StageConfig):
                                                 for k, v in self.keys.items())
         ):
             self._fail("keys", "a table of {file variable = channel}", self.keys)
+        if self.files is not None:
+            if not isinstance(self.files, list) or not self.files:
+                self._fail("files", "a list of [[data.files]] tables", self.files)
+            if self.path is not None:
+                raise ConfigError("[data] takes either path or [[data.files]], not both; move path into a "
+                                  "[[data.files]] table")
+            for i, entry in enumerate(self.files):
+                file_config(entry, i)
+        try:
+            parse_select(self.select)
+        except ConfigError as exc:
+            raise ConfigError(f"[data] {exc}") from None
+
+    def entries(self) -> list["DataConfig"]:
+        """One config per file: the ``files`` tables, or this config itself."""
+        if self.files is None:
+            return [self]
+        return [file_config(entry, i) for i, entry in enumerate(self.files)]
+
+
+FILE_KEYS = ("path", "channel", "voltage", "grid", "normalized", "keys")
+
+
+def file_config(entry: Any, i: int) -> DataConfig:
+    """One ``[[data.files]]`` table as a :class:`DataConfig` (checked)."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"[[data.files]] entry {i + 1} must be a table with a path, got {entry!r:.60}")
+    unknown = sorted(set(entry) - set(FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"[[data.files]] entry {i + 1} has unknown option(s) {', '.join(unknown)}; "
+                          f"valid options are: {', '.join(FILE_KEYS)}")
+    if not isinstance(entry.get("path"), str):
+        raise ConfigError(f"[[data.files]] entry {i + 1} needs a path = \"FILE\"")
+    return DataConfig(**entry)
+
+
+def data_paths(config: DataConfig | None) -> list[str]:
+    """Every file a :class:`DataConfig` reads."""
+    if config is None:
+        return []
+    return [e.path for e in config.entries() if e.path]
 
 
 def load_data(config: DataConfig) -> xr.Dataset:
-    """Load the measurement a :class:`DataConfig` names (``config.path`` must be set)."""
-    if config.path is None:
+    """Load the measurement a :class:`DataConfig` names: its file, or its files merged into one
+    Dataset, with the selection applied (``path`` or ``files`` must be set)."""
+    entries = config.entries()
+    if not any(e.path for e in entries):
         raise ConfigError("[data] path is not set; give a data file (--data FILE) or use the synthetic data")
-    return load(config.path, channel=config.channel, voltage=parse_voltage(config.voltage),
-                grid=parse_grid(config.grid), normalized=config.normalized, keys=config.keys)
+    select = parse_select(config.select)
+    group = {"group": select["group"]} if "group" in select else {}
+    parts = []
+    for e in entries:
+        ds = load(e.path, channel=e.channel, voltage=parse_voltage(e.voltage), grid=parse_grid(e.grid),
+                  normalized=e.normalized, keys=e.keys, **_group_for(e.path, group))
+        parts.append(apply_selection(ds, select))
+    return merge(parts)
+
+
+def _group_for(path: str, group: dict[str, str]) -> dict[str, str]:
+    """``group=`` only for the files whose reader takes it."""
+    from ._load import find_reader
+
+    return group if group and "group" in find_reader(path).options else {}
+
+
+def merge(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Several files' Datasets as one: same grid and voltage (to 1e-9 V), each channel once."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    seen: dict[str, str] = {}
+    for ds in parts:
+        src = printable(ds.attrs.get("source", "?"), 80)
+        for name in channels_in(ds):
+            if name in seen:
+                raise DataError(f"channel {name} is given twice ({seen[name]} and {src}); give each channel once, "
+                                "or load one channel of a file with channel = ...")
+            seen[name] = src
+        if (ds.sizes.get("row"), ds.sizes.get("col")) != (first.sizes.get("row"), first.sizes.get("col")):
+            raise DataError(f"{src} has a {ds.sizes.get('row')}x{ds.sizes.get('col')} grid but "
+                            f"{printable(first.attrs.get('source', '?'), 80)} has {first.sizes.get('row')}x"
+                            f"{first.sizes.get('col')}; merged files must share one grid")
+        v0, v = first["voltage"].values, ds["voltage"].values
+        if v.shape != v0.shape or not np.allclose(v, v0, rtol=0, atol=1e-9):
+            worst = float(np.abs(v - v0).max()) if v.shape == v0.shape else None
+            what = (f"differs by up to {worst:.3g} V" if worst is not None
+                    else f"has {v.size} steps against {v0.size}")
+            raise DataError(f"the voltage of {src} {what} from that of "
+                            f"{printable(first.attrs.get('source', '?'), 80)}; merged files must share one "
+                            "waveform (give voltage = ... for the file without one)")
+    merged = xr.merge([ds.drop_vars([c for c in ("x", "y") if c in ds.coords and ds is not first])
+                       .assign_coords(voltage=first["voltage"]) for ds in parts],
+                      compat="override", combine_attrs="override")
+    merged.attrs = dict(first.attrs)
+    merged.attrs["source"] = " + ".join(str(ds.attrs.get("source", "?")) for ds in parts)
+    merged.attrs["format"] = ", ".join(str(ds.attrs.get("format", "?")) for ds in parts)
+    return merged

@@ -32,7 +32,41 @@ def _line(name: str, da: xr.DataArray) -> str:
     return text
 
 
-def describe(ds: xr.Dataset) -> str:
+def _run_lines(ds: xr.Dataset) -> list[str]:
+    """The waveform, the fields and cycles, and what ``switchscope run`` would do with ``ds``."""
+    from ..select import describe_selection
+    from ..waveform import describe_waveform
+
+    lines: list[str] = []
+    if "voltage" in ds.coords:
+        try:
+            lines.append(f"waveform: {describe_waveform(np.asarray(ds['voltage'].values, float))}")
+        except Exception as exc:  # noqa: BLE001 - info describes whatever is there
+            lines.append(f"waveform: cannot be described ({printable(exc, 200)})")
+    if "field" in ds.dims:
+        lines.append("fields: " + ", ".join(printable(str(v), 40) for v in ds["field"].values))
+    elif ds.attrs.get("field"):
+        lines.append(f"fields: {printable(ds.attrs['field'], 40)} only")
+    if "cycle" in ds.dims:
+        lines.append(f"cycles: {ds.sizes['cycle']}")
+    if ds.attrs.get("usid_groups"):
+        lines.append(f"groups: {printable(ds.attrs['usid_groups'], 400)} (read: "
+                     f"{printable(ds.attrs.get('usid_read', ''), 200)}; choose with --select group=NAME)")
+    chans = channels_in(ds)
+    if "spectrum" in ds.data_vars and not chans:
+        todo = "raw band-excitation spectra: run fits the SHO model, then projects the loops"
+    elif chans:
+        loops = "piezoresponse" in chans
+        todo = (f"analyses {', '.join(chans)}"
+                + ("; loops are fitted on piezoresponse" if loops else "; no piezoresponse: no loop fits"))
+    else:
+        todo = "nothing run can analyse"
+    lines.append(f"selection: {describe_selection(ds)}")
+    lines.append(f"run: {todo}")
+    return lines
+
+
+def describe(ds: xr.Dataset, *, run: bool = False) -> str:
     """Multi-line text describing ``ds``: grid, voltage, each channel and result, attributes.
 
     Each channel line gives its shape, units, NaN count, Inf count, min and max (over finite
@@ -44,6 +78,8 @@ def describe(ds: xr.Dataset) -> str:
     ----------
     ds : xarray.Dataset
         A switchscope Dataset.
+    run : bool
+        Add the waveform, the fields, cycles and groups, and what ``switchscope run`` would do.
 
     Returns
     -------
@@ -73,7 +109,9 @@ def describe(ds: xr.Dataset) -> str:
     if others:
         lines.append("other variables:")
         lines.extend(_line(n, ds[n]) for n in others)
-    attrs = {k: v for k, v in ds.attrs.items() if k not in ("source", "format")}
+    if run:
+        lines.extend(_run_lines(ds))
+    attrs = {k: v for k, v in ds.attrs.items() if k not in ("source", "format", "usid_groups", "usid_read")}
     if attrs:
         lines.append("attrs:")
         lines.extend(f"  {printable(k, 80)}: {printable(v, 200)}" for k, v in attrs.items())

@@ -1,0 +1,158 @@
+"""Which part of a measurement the stages analyse: one field, one cycle (or their mean), one group.
+
+Files from the pycroscopy stack hold loops measured with the DC bias on (``in-field``) and off
+(``out-of-field``), and often several cycles of the waveform. The stages analyse one curve per
+pixel, so a run first reduces those dims with a *selection*, given as ``--select KEY=VALUE``
+(repeatable) or ``[data] select = {field = "out-of-field", cycle = 2}`` in TOML:
+
+``field``
+    ``out-of-field`` (default where the file has both: the remanent response, without the
+    electrostatic contribution of the applied bias) or ``in-field``.
+``cycle``
+    A cycle number from 1, or ``mean`` (default: the average over cycles, which lowers the noise;
+    select single cycles to see wake-up or fatigue from cycle to cycle).
+``group``
+    For USID files: the measurement or result group to read (``Measurement_001``,
+    ``Raw_Data-SHO_Fit_000``, ``Fit-Loop_Fit_001``, ``Raw_Data``); default the newest.
+
+The selection made is recorded in ``ds.attrs["selection"]`` (and so in ``summary.json`` and the
+report).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import xarray as xr
+
+from ._errors import ConfigError, DataError
+from ._text import printable
+
+KEYS = ("field", "cycle", "group")
+FIELDS = ("in-field", "out-of-field")
+DEFAULT_FIELD = "out-of-field"
+DEFAULT_CYCLE = "mean"
+
+
+def parse_select(spec: Any) -> dict[str, Any]:
+    """``"field=out-of-field,cycle=2"``, a list of such texts, or a mapping -> ``{key: value}``.
+
+    Values are checked here (before any work): ``field`` is one of :data:`FIELDS` (``in`` and
+    ``out`` accepted), ``cycle`` a positive integer or ``mean``, ``group`` a group name.
+    """
+    if spec is None:
+        return {}
+    items: list[tuple[str, Any]] = []
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        texts = [spec] if isinstance(spec, str) else list(spec)
+        for text in texts:
+            if not isinstance(text, str):
+                raise ConfigError(f"select must be KEY=VALUE text, got {printable(repr(text), 60)}")
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                if "=" not in part:
+                    raise ConfigError(f"select {printable(repr(part), 60)} is not KEY=VALUE; e.g. "
+                                      "--select field=out-of-field --select cycle=2")
+                key, value = (s.strip() for s in part.split("=", 1))
+                items.append((key, value))
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if key not in KEYS:
+            raise ConfigError(f"select key {printable(repr(key), 40)} is unknown; keys are: {', '.join(KEYS)}")
+        if key in out:
+            raise ConfigError(f"select names {key} twice; give it once")
+        out[key] = _check_value(key, value)
+    return out
+
+
+def _check_value(key: str, value: Any) -> Any:
+    if key == "field":
+        text = re.sub(r"[\s_]+", "-", str(value).strip().lower())
+        text = {"in": "in-field", "out": "out-of-field", "on": "in-field", "off": "out-of-field"}.get(text, text)
+        if text not in FIELDS:
+            raise ConfigError(f"select field must be in-field or out-of-field, got {printable(repr(value), 40)}")
+        return text
+    if key == "cycle":
+        if isinstance(value, str) and value.strip().lower() == "mean":
+            return "mean"
+        try:
+            n = int(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            n = None
+        if n is None or n < 1 or str(n) != str(value).strip():
+            raise ConfigError(f"select cycle must be a cycle number from 1 or 'mean', got {printable(repr(value), 40)}")
+        return n
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ConfigError(f"select group must be a group name such as Measurement_000, got {printable(repr(value), 40)}")
+    return value.strip()
+
+
+def apply_selection(ds: xr.Dataset, select: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Reduce the ``field`` and ``cycle`` dims of ``ds`` as ``select`` says (defaults where silent).
+
+    Returns the Dataset with dims ``(row, col, step[, freq])`` and ``attrs["selection"]`` saying
+    what was taken; a selection that names a field or cycle the data lacks is a
+    :class:`DataError` listing what it has.
+    """
+    select = dict(select or {})
+    ds = ds.copy()  # shallow: the caller's attrs stay as they were
+    made: list[str] = []
+    src = printable(ds.attrs.get("source", "the data"), 80)
+    if "field" in ds.dims:
+        have = [str(v) for v in ds["field"].values]
+        want = select.get("field") or (DEFAULT_FIELD if DEFAULT_FIELD in have else have[0])
+        if want not in have:
+            raise DataError(f"select field={want} but {src} holds only {', '.join(have)}; select one of those")
+        ds = ds.sel(field=want, drop=True)
+        made.append(f"field={want}" + ("" if "field" in select else " (default)"))
+        ds.attrs["fields_available"] = ", ".join(have)
+    elif "field" in select:
+        have = ds.attrs.get("field")
+        if have is not None and have != select["field"]:
+            raise DataError(f"select field={select['field']} but {src} was measured {have} only; drop the selection")
+        if have is None:
+            raise DataError(f"select field={select['field']} but {src} has no field dimension; drop the selection")
+    if "cycle" in ds.dims:
+        n = int(ds.sizes["cycle"])
+        want = select.get("cycle", DEFAULT_CYCLE)
+        if want == "mean":
+            ds = _mean_cycles(ds)
+        else:
+            if want > n:
+                raise DataError(f"select cycle={want} but {src} has {n} cycle(s); select 1..{n} or mean")
+            ds = ds.isel(cycle=want - 1, drop=True)
+        made.append(f"cycle={want}" + ("" if "cycle" in select else " (default)") + f" of {n}")
+    elif select.get("cycle") not in (None, "mean", 1):
+        raise DataError(f"select cycle={select['cycle']} but {src} has one cycle; drop the selection")
+    if "group" in select:
+        made.insert(0, f"group={select['group']}")
+    ds.attrs["selection"] = ", ".join(made) if made else "all (one field, one cycle)"
+    return ds
+
+
+def _mean_cycles(ds: xr.Dataset) -> xr.Dataset:
+    """Each variable with a ``cycle`` dim averaged over it (NaN in one cycle: the others' mean)."""
+    out = ds.copy()
+    for name, da in ds.data_vars.items():
+        if "cycle" in da.dims:
+            out[name] = da.mean("cycle", skipna=True, keep_attrs=True)
+    return out.drop_vars("cycle")
+
+
+def describe_selection(ds: xr.Dataset) -> str:
+    """What a run would select from ``ds`` by default, in one line."""
+    parts = []
+    if "field" in ds.dims:
+        have = [str(v) for v in ds["field"].values]
+        parts.append(f"fields {', '.join(have)} -> {DEFAULT_FIELD if DEFAULT_FIELD in have else have[0]}")
+    elif ds.attrs.get("field"):
+        parts.append(f"field {ds.attrs['field']} only")
+    if "cycle" in ds.dims:
+        parts.append(f"{ds.sizes['cycle']} cycles -> {DEFAULT_CYCLE}")
+    return "; ".join(parts) or "one field, one cycle: nothing to select"
+
+
+__all__ = ["DEFAULT_CYCLE", "DEFAULT_FIELD", "FIELDS", "KEYS", "apply_selection", "describe_selection",
+           "parse_select"]
