@@ -197,3 +197,30 @@ def test_reads_what_the_usid_writer_wrote(tmp_path, position_order, sho_dtype, s
         np.testing.assert_allclose(raw["spectrum"].sel(field=list(want["field"].values)).values, want.values,
                                    rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
         np.testing.assert_allclose(raw["freq"].values, want["freq"].values, rtol=1e-6)
+
+
+def test_usid_file_to_report_end_to_end(tmp_path, capsys):
+    """A USID file with two fields and two cycles, from `info` to the report, in the user's commands."""
+    import json
+
+    from switchscope.io.usid_write import make_usid_example
+
+    from cli_helpers import run_cli
+
+    path = tmp_path / "film.h5"
+    make_usid_example(path, rows=8, cols=8, n_steps=64, n_fields=2, n_cycles=2, n_freq=8, spectra=False)
+    code, out, err = run_cli(capsys, "info", path)
+    assert code == 0, err
+    assert "fields: in-field, out-of-field" in out and "cycles: 2" in out
+    assert "bipolar triangle: 1 cycle of 64 steps" in out
+    code, _, err = run_cli(capsys, "run", "--data", path, "--select", "cycle=2", "--stages",
+                           "clean,loops,decomposition,report", "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["dataset"]["selection"] == "field=out-of-field (default), cycle=2 of 2"
+    assert summary["dataset"]["n_steps"] == 64
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "field=out-of-field (default), cycle=2 of 2" in page
+    code, _, err = run_cli(capsys, "run", "--data", path, "--select", "cycle=3", "--out", tmp_path / "out2",
+                           "--no-progress")
+    assert code == 2 and "has 2 cycle(s)" in err and not (tmp_path / "out2").exists()

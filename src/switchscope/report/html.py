@@ -485,7 +485,8 @@ def _explorer_section(payload: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _render_page(*, title: str, source: Any, stamp: str, sections: list[tuple[str, str, str]], data: str) -> str:
+def _render_page(*, title: str, source: Any, stamp: str, sections: list[tuple[str, str, str]], data: str,
+                 selection: str = "") -> str:
     """The page from ``assets/page.html.j2``. The template engine escapes every value (title,
     source, section ids and headings); the section bodies come from this module's helpers, which
     escape what they insert, and the CSS, script and JSON data (no ``<``, ``>`` or ``&`` in it) go
@@ -496,7 +497,7 @@ def _render_page(*, title: str, source: Any, stamp: str, sections: list[tuple[st
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ASSETS)), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.get_template("page.html.j2").render(
-        title=title, source=str(source), stamp=stamp,
+        title=title, source=str(source), stamp=stamp, selection=str(selection),
         sections=[{"id": sid, "title": head, "body": Markup(body)} for sid, head, body in sections],
         css=Markup((ASSETS / "report.css").read_text(encoding="utf-8")),
         js=Markup((ASSETS / "explorer.js").read_text(encoding="utf-8")), data=Markup(data))
@@ -596,8 +597,9 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
 
     source = ds.attrs.get("source", summary.get("dataset", {}).get("source", "") if isinstance(
         summary.get("dataset"), Mapping) else "")
+    selection = ds.attrs.get("selection", "")
     page = _render_page(
-        title=config.title, source=source, stamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        title=config.title, source=source, selection=selection, stamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         sections=sections, data=_script_json(payload))
     index = report_dir / "index.html"
     tmp = index.with_name(f".index.html.tmp-{os.getpid()}")
