@@ -167,14 +167,14 @@ def curves(ds: xr.Dataset, row: int, col: int, channel: str = "piezoresponse", *
     the descending branch in red and the ascending one in blue; returns the Axes."""
     import matplotlib.pyplot as plt
 
-    from .loops import sweep_masks
+    from .waveform import descending_steps
 
     if channel not in ds:
         raise DataError(f"channel {channel!r} is not in these results (has: {', '.join(c for c in CHANNELS if c in ds)})")
     if not (0 <= row < ds.sizes["row"] and 0 <= col < ds.sizes["col"]):
         raise DataError(f"pixel ({row}, {col}) is outside the {ds.sizes['row']} x {ds.sizes['col']} grid")
     v = np.asarray(ds["voltage"].values, float)
-    down = sweep_masks(v)
+    down = descending_steps(v)  # the data's own branches, any waveform, any number of cycles
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.4))
     fitted = "loop_fit" in ds and str(ds["loop_fit"].attrs.get("fitted_variable", "")).startswith(channel)

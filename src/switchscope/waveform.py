@@ -197,9 +197,13 @@ def descending_steps(voltage) -> np.ndarray:
     """Boolean mask of the steps on a falling sweep, for any number of cycles.
 
     A step belongs to the sweep that leaves it, so a turning point belongs to the sweep that
-    starts there (at a turning point both branches are saturated, so the choice does not
-    matter); the last step to the sweep that reaches it. A repeated voltage (a flat step, or the
-    out-of-field read of the same DC step) keeps the direction of the sweep it lies on.
+    starts there (at a turning point both branches are near saturation). The last step is left
+    by the step back to the first one when the waveform closes on itself (the voltage comes
+    back within a step and a half, as whole cycles do; the paper's 96 steps end one step below
+    +16 V), so that a rotation of a cycle keeps every step's branch, the turning points
+    included; otherwise it belongs to the sweep that reaches it. A repeated voltage (a flat
+    step, or the out-of-field read of the same DC step) keeps the direction of the sweep it
+    lies on.
 
     Parameters
     ----------
@@ -213,10 +217,16 @@ def descending_steps(voltage) -> np.ndarray:
     v = _as_voltage(voltage)
     if v.size < 2:
         return np.zeros(v.size, dtype=bool)
-    d = _directions(v, _tiny(v))
+    tiny = _tiny(v)
+    d = _directions(v, tiny)
     out = np.empty(v.size, dtype=bool)
     out[:-1] = d < 0
     out[-1] = d[-1] < 0
+    dv = np.abs(np.diff(v))
+    if (dv > tiny).any():
+        back = float(v[0] - v[-1])
+        if tiny < abs(back) <= 1.5 * float(np.median(dv[dv > tiny])):
+            out[-1] = back < 0  # the waveform closes: the step back to the start leaves the last one
     return out
 
 
@@ -456,3 +466,35 @@ def split_cycles(voltage) -> np.ndarray:
         raise DataError(f"cycle {int(unlike[0]) + 1} of {w.n_cycles} does not follow the voltage of cycle 1 "
                         "(same start, same steps); give cycles with one waveform")
     return index
+
+
+def check_dataset_voltage(ds, *, max_cycles: int | None = None) -> Waveform | None:
+    """:func:`check_bipolar` on the ``voltage`` of a Dataset (each 1-D voltage when it has more
+    dims than ``step``); None when the Dataset has no voltage."""
+    if "voltage" not in ds.variables:
+        return None
+    da = ds["voltage"]
+    if "step" in da.dims and da.ndim > 1:
+        rows = da.transpose(..., "step").values.reshape(-1, da.sizes["step"])
+        return [check_bipolar(r, max_cycles=max_cycles) for r in rows][0]
+    return check_bipolar(da.values, max_cycles=max_cycles)
+
+
+def check_paper_order(voltage) -> None:
+    """Raise unless the steps run in the paper's order (one cycle from +Vmax, falling first).
+
+    The published networks read the loop as a sequence, so they take the paper's step order; the
+    amplitude does not matter (they see normalized loops).
+
+    Raises
+    ------
+    ConfigError
+        Naming the data's waveform.
+    """
+    from ._errors import ConfigError
+    from .paper import PAPER_STEPS
+
+    w = describe_waveform(voltage)
+    if (w.n_steps, w.n_cycles, w.start, w.first_direction) != (PAPER_STEPS, 1, "+Vmax", "falling"):
+        raise ConfigError(f"--pretrained paper takes the paper's waveform ({PAPER_STEPS} steps, one cycle from "
+                          f"+Vmax, falling first); the data's is {w}; train instead (drop --pretrained paper)")

@@ -143,13 +143,11 @@ def _colormap(name: str, n: int = 256) -> list[list[int]]:
 
 
 def _descending(voltage: np.ndarray) -> np.ndarray:
-    """True at the steps of the descending sweep (the waveform's own branches)."""
-    from ..loops import sweep_masks
+    """True at the steps of the descending sweeps, read from the voltage itself (any start,
+    direction and number of cycles; a step index without a voltage is one rising sweep)."""
+    from ..waveform import descending_steps
 
-    try:
-        return np.asarray(sweep_masks(np.asarray(voltage, float)), bool)
-    except Exception:  # noqa: BLE001 - a voltage that is no sweep (steps only): one branch
-        return np.zeros(len(voltage), bool)
+    return descending_steps(np.asarray(voltage, float))
 
 
 def _gradient(n: int = 9) -> str:

@@ -33,15 +33,14 @@ def _x_axis(ds: xr.Dataset) -> tuple[np.ndarray, str]:
 
 
 def _segments(x: np.ndarray) -> list[slice]:
-    """Pieces of the waveform where the voltage runs one way (a shaded band per branch)."""
+    """Pieces of the waveform where the voltage runs one way (a shaded band per branch), cut at
+    each turning point; repeated voltages (a dwell at a peak) stay with the sweep they lie on."""
+    from ...waveform import descending_steps
+
     if x.size < 3:
         return [slice(0, x.size)]
-    d = np.sign(np.diff(x))
-    cuts = [0]
-    for i in range(1, d.size):
-        if d[i] != 0 and d[i - 1] != 0 and d[i] != d[i - 1]:
-            cuts.append(i)
-    cuts.append(x.size - 1)
+    down = descending_steps(x)  # down[i]: the direction of the step that leaves point i
+    cuts = [0, *(np.flatnonzero(down[1:-1] != down[:-2]) + 1).tolist(), x.size - 1]
     return [slice(a, b + 1) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
