@@ -226,6 +226,9 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
         for channel in channels_in(ds):
             if cfg.channels is None or channel in cfg.channels:
                 check_steps(int(ds.sizes["step"]), cfg, channel)
+    from .waveform import check_dataset_voltage
+
+    check_dataset_voltage(ds, max_cycles=1 if "loops" in names else None)  # a bipolar triangle, any start
     if "autoencoder" in names:
         cfg = stage_config("autoencoder", configs)
         check_device(cfg.device, "[autoencoder] device")
@@ -247,6 +250,10 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
             if int(ds.sizes["step"]) != PAPER_STEPS:
                 raise ConfigError(f"--pretrained paper takes loops of {PAPER_STEPS} steps, the data has "
                                   f"{ds.sizes['step']}; train instead (drop --pretrained paper)")
+            if "voltage" in ds.variables:
+                from .waveform import check_paper_order
+
+                check_paper_order(ds["voltage"].values)
     return names
 
 
