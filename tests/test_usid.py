@@ -224,3 +224,23 @@ def test_usid_file_to_report_end_to_end(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", "--data", path, "--select", "cycle=3", "--out", tmp_path / "out2",
                            "--no-progress")
     assert code == 2 and "has 2 cycle(s)" in err and not (tmp_path / "out2").exists()
+
+
+def test_synth_writes_usid_with_truth(tmp_path, capsys):
+    from switchscope.synthetic import make_dataset
+
+    from cli_helpers import run_cli
+
+    out = tmp_path / "film.h5"
+    code, _, err = run_cli(capsys, "synth", "--format", "usid", "--spectra", "--fields", "2", "--cycles", "2",
+                           "--rows", "5", "--cols", "6", "--seed", "3", "--out", out)
+    assert code == 0, err
+    ds = load(out)
+    ref = make_dataset(rows=5, cols=6, seed=3)
+    for name in ("truth_c_fraction", "truth_three_state", "truth_coercive_pos"):
+        np.testing.assert_allclose(ds[name].values, ref[name].values)
+    assert ds.sizes["cycle"] == 2 and list(ds["field"].values) == ["in-field", "out-of-field"]
+    raw = load(out, group="Raw_Data")
+    assert raw["spectrum"].dims == ("row", "col", "cycle", "field", "step", "freq")
+    code, _, err = run_cli(capsys, "synth", "--fields", "2", "--out", tmp_path / "x.nc")
+    assert code == 2 and "--format usid" in err

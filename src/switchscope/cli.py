@@ -183,9 +183,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
     _check_seed(args)
     configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
     cfg = configs.get("synthetic") or STAGE_CONFIGS["synthetic"]()
-    ds = make_dataset(**cfg.to_dict())
-    save(ds, out, overwrite=args.force)
-    print(f"wrote {out} ({ds.sizes['row']}x{ds.sizes['col']} pixels, {ds.sizes['step']} steps)")
+    if args.spectra:
+        cfg = cfg.replace(spectra=True)
+    if args.format == "usid":
+        from .io.usid_write import make_usid_example
+
+        if not 1 <= args.cycles <= 100:
+            raise ConfigError(f"--cycles must be an integer from 1 to 100, got {args.cycles}")
+        ds = make_usid_example(out, rows=cfg.rows, cols=cfg.cols, n_steps=cfg.n_steps, n_fields=args.fields,
+                               n_cycles=args.cycles, n_freq=cfg.n_freq, seed=cfg.seed, spectra=cfg.spectra,
+                               artifacts=cfg.artifacts, overwrite=args.force)
+        what = f"{args.fields} field(s), {args.cycles} cycle(s)" + (", raw spectra" if cfg.spectra else "")
+    else:
+        if args.fields != 1 or args.cycles != 1:
+            raise ConfigError("--fields and --cycles apply to --format usid; drop them or add --format usid")
+        ds = make_dataset(**cfg.to_dict())
+        save(ds, out, overwrite=args.force)
+        what = "NetCDF"
+    print(f"wrote {out} ({ds.sizes['row']}x{ds.sizes['col']} pixels, {ds.sizes['step']} steps, {what})")
     return 0
 
 
@@ -328,8 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("synth", help="write the synthetic dataset to a NetCDF file")
-    p.add_argument("--out", required=True, metavar="FILE.nc", help="the NetCDF file to write")
+    p = sub.add_parser("synth", help="write the synthetic dataset to a NetCDF or USID HDF5 file")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (.nc, or .h5 with --format usid)")
+    p.add_argument("--format", choices=["netcdf", "usid"], default="netcdf",
+                   help="netcdf (switchscope's own, default) or usid (the layout of pycroscopy/BGlib: SHO fit, "
+                   "projected loops, raw spectra with --spectra, truth maps in /switchscope_truth)")
+    p.add_argument("--spectra", action="store_true", help="add raw band-excitation spectra (SHO model)")
+    p.add_argument("--fields", type=int, choices=[1, 2], default=1,
+                   help="usid: 2 writes in-field and out-of-field loops (default 1: out-of-field)")
+    p.add_argument("--cycles", type=int, default=1, help="usid: cycles of the waveform (default 1)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     _add_synthetic_options(p)
     p.add_argument("--force", action="store_true",

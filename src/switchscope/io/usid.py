@@ -514,7 +514,8 @@ class USIDReader(Reader):
                 (arr,) = _read(raw, ax, dtype=np.complex64)
                 data_vars["spectrum"] = (("row", "col", *ax.dims), arr, {"units": "V"})
             attrs = _file_attrs(f, p, fname)
-        return _dataset(data_vars, ax, attrs, channel=channel, voltage=voltage, normalized=normalized,
+            truth = _truth(f, ax)
+        return _dataset(truth, data_vars, ax, attrs, channel=channel, voltage=voltage, normalized=normalized,
                         path=path)
 
 
@@ -585,7 +586,25 @@ def _file_attrs(f: Any, p: Plan, fname: str) -> dict[str, Any]:
     return attrs
 
 
-def _dataset(data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]], ax: Axes,
+def _truth(f: Any, ax: Axes) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]:
+    """Ground-truth maps of a switchscope synthetic film (group ``switchscope_truth``), if any."""
+    import h5py
+
+    grp = f.get("switchscope_truth")
+    out = {}
+    if isinstance(grp, h5py.Group):
+        for name, d in grp.items():
+            if (name.startswith("truth_") and isinstance(d, h5py.Dataset) and d.shape == (ax.rows, ax.cols)
+                    and d.dtype.kind in "iuf"):
+                out[name] = (("row", "col"), np.asarray(d[()], dtype=float),
+                             {k: v for k, v in d.attrs.items() if isinstance(v, str)})
+    return out
+
+
+_Vars = dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]
+
+
+def _dataset(truth: _Vars, data_vars: _Vars, ax: Axes,
              attrs: dict[str, Any], *, channel: str | None, voltage: Any, normalized: bool,
              path: PathLike) -> xr.Dataset:
     fname = Path(path).name
@@ -613,7 +632,7 @@ def _dataset(data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, A
     if "freq" in ax.dims:
         coords["freq"] = ("freq", ax.coords["freq"], {"units": "Hz"})
     variables = {}
-    for name, (dims, arr, a) in data_vars.items():
+    for name, (dims, arr, a) in {**data_vars, **truth}.items():
         a = dict(a)
         if isinstance(a.get("units"), list):
             a["units"] = a["units"][0]

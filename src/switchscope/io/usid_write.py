@@ -595,6 +595,24 @@ def _write_all(f: Any, film: _Film, *, spectra: bool, sho: bool, loops: bool, po
         metrics[p] = np.ascontiguousarray(m).reshape(m.shape[0] * m.shape[1], -1)
 
 
+#: Group of a synthetic film's ground-truth maps (a switchscope addition; pycroscopy ignores it).
+TRUTH_GROUP = "switchscope_truth"
+
+
+def _write_truth(f: Any, ds: xr.Dataset) -> None:
+    """The ``truth_*`` maps of a synthetic film, (row, col) each, so a raw file can be scored."""
+    names = [str(n) for n in ds.data_vars if str(n).startswith("truth_") and ds[n].dims == ("row", "col")]
+    if not names:
+        return
+    grp = f.create_group(TRUTH_GROUP)
+    grp.attrs["description"] = "ground truth of a switchscope synthetic film, one (rows, cols) map each"
+    for name in names:
+        d = grp.create_dataset(name, data=np.asarray(ds[name].values, dtype=np.float64))
+        for key, value in ds[name].attrs.items():
+            if isinstance(value, (str, int, float)):
+                d.attrs[key] = value
+
+
 # -- public API ----------------------------------------------------------------------------------
 
 def _check_target(path: PathLike, overwrite: bool) -> Path:
@@ -700,6 +718,7 @@ def write_usid(ds: xr.Dataset, path: PathLike, *, spectra: bool | None = None, s
         with h5py.File(tmp, "w") as f:
             _write_all(f, film, spectra=bool(spectra), sho=sho, loops=loops, position_order=position_order,
                        sho_dtype=sho_dtype, pixel_size=pixel_size)
+            _write_truth(f, ds)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -822,7 +841,8 @@ def make_usid_example(path: PathLike, *, rows: int = 8, cols: int = 8, n_steps: 
         ds[name] = base[name]
     if spectra:
         freq_khz = np.linspace(1305.0, 1345.0, int(n_freq))
-        spec = sho_response(freq_khz, out["amplitude"], out["phase"], out["resonance"], out["quality_factor"])
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN/Inf artifacts stay NaN/Inf
+            spec = sho_response(freq_khz, out["amplitude"], out["phase"], out["resonance"], out["quality_factor"])
         ds = ds.assign_coords(freq=("freq", freq_khz * 1e3, {"units": "Hz", "long_name": "frequency"}))
         ds["spectrum"] = xr.DataArray(spec.astype(np.complex64), dims=(*dims, "freq"),
                                       attrs={"units": "a.u.", "long_name": "SHO response"})
