@@ -668,6 +668,10 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
                     y = y[:, torch.as_tensor(order, device=dev)]
                 # blocks of a chunk run on the worker threads (torch releases the GIL in its
                 # kernels); the next chunk is converted while they run
+                if workers == 1:
+                    for k in range(0, b - a, block):
+                        run(a + k, y[k:k + block])
+                    continue
                 jobs = [pool.submit(run, a + k, y[k:k + block]) for k in range(0, b - a, block)]
                 for job in jobs:
                     job.result()
