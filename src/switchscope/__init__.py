@@ -18,6 +18,7 @@ from .io import describe, load, paper_voltage, save
 from .preprocess import CleanConfig, clean, denormalize, normalize
 from .synthetic import SyntheticConfig
 from .synthetic import make_dataset as make_synthetic
+from .waveform import Waveform, check_bipolar, describe_waveform, split_cycles, triangle_waveform
 
 __version__ = "0.1.0"
 
@@ -81,6 +82,11 @@ __all__ = [*_LAZY,
     "describe",
     "load",
     "paper_voltage",
+    "Waveform",
+    "check_bipolar",
+    "describe_waveform",
+    "split_cycles",
+    "triangle_waveform",
     "plot",
     "save",
     "stages",

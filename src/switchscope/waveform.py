@@ -217,22 +217,46 @@ def descending_steps(voltage) -> np.ndarray:
     v = _as_voltage(voltage)
     if v.size < 2:
         return np.zeros(v.size, dtype=bool)
-    tiny = _tiny(v)
-    d = _directions(v, tiny)
+    flat = _flat(v)
+    d = _directions(v, flat)
     out = np.empty(v.size, dtype=bool)
     out[:-1] = d < 0
     out[-1] = d[-1] < 0
-    dv = np.abs(np.diff(v))
-    if (dv > tiny).any():
-        back = float(v[0] - v[-1])
-        if tiny < abs(back) <= 1.5 * float(np.median(dv[dv > tiny])):
-            out[-1] = back < 0  # the waveform closes: the step back to the start leaves the last one
+    back = float(v[0] - v[-1])
+    if flat < abs(back) <= 1.5 * _step(v):
+        out[-1] = back < 0  # the waveform closes: the step back to the start leaves the last one
     return out
 
 
 def _tiny(v: np.ndarray) -> float:
-    """Voltage differences at or below this are flat (rounding of stored values)."""
+    """Voltages this close are equal (rounding of stored values)."""
     return 1e-9 * max(float(np.abs(v).max()) if v.size else 0.0, 1.0)
+
+
+def _flat(v: np.ndarray) -> float:
+    """Steps at or below this are flat: a quarter of a real step (the 90th percentile of the
+    changes, a real step even when every DC value is read twice), so that jitter of a repeated
+    DC value never turns the sweep round."""
+    dv = np.abs(np.diff(v))
+    return max(_tiny(v), 0.25 * float(np.percentile(dv, 90))) if dv.size else _tiny(v)
+
+
+def _travelled(v: np.ndarray) -> np.ndarray:
+    """Voltage travelled along the waveform up to each step: the spans of the finished sweeps
+    plus the distance from the start of the current one (so jitter never accumulates)."""
+    d = _directions(v, _flat(v)) if v.size > 1 else np.zeros(0)
+    turns = np.flatnonzero(d[1:] != d[:-1]) + 1
+    starts = np.r_[0, turns]
+    run = np.searchsorted(turns, np.arange(v.size), side="right")
+    done = np.r_[0.0, np.cumsum(np.abs(v[turns] - v[starts[:-1]]))]
+    return done[run] + np.abs(v - v[starts[run]])
+
+
+def _step(v: np.ndarray) -> float:
+    """The typical voltage step (median of the steps that are not flat)."""
+    dv = np.abs(np.diff(v))
+    real = dv[dv > _flat(v)]
+    return float(np.median(real)) if real.size else 0.0
 
 
 def _start_name(v0: float, vmin: float, vmax: float) -> str:
@@ -321,7 +345,7 @@ def describe_waveform(voltage) -> Waveform:
 
     if span <= tiny:
         return found("constant", f"constant {_v(v[0])} V")
-    d = _directions(v, tiny)
+    d = _directions(v, _flat(v))
     first = "rising" if d[0] > 0 else "falling"
     turns = np.flatnonzero(d[1:] != d[:-1]) + 1      # steps where the direction changes
     if turns.size == 0:
@@ -332,8 +356,7 @@ def describe_waveform(voltage) -> Waveform:
     if turns.size > n / 3:
         return found("irregular", f"irregular: it changes direction {turns.size} times in {n} steps "
                                   f"between {_v(vmin)} and {_v(vmax)} V (noise, not a triangle)", first)
-    dv = np.abs(np.diff(v))
-    step = float(np.median(dv[dv > tiny]))
+    step = _step(v)
     forc = _turning_problem(v, turns, d, tol=step + 1e-6 * span)
     if forc is not None:
         return found("FORC", forc, first)
@@ -343,7 +366,7 @@ def describe_waveform(voltage) -> Waveform:
                                           f"{side} 0 V (a bipolar loop must cross 0 V)", first)
     # whole cycles: the path travelled is a whole number of 2 x span, give or take the step that
     # closes the cycle (the paper's 96 steps stop one step short of +16 V)
-    path = float(dv.sum())
+    path = float(_travelled(v)[-1])
     cycles = path / (2 * span)
     n_cycles = max(1, int(np.floor(cycles + 0.5)))
     if abs(path - n_cycles * 2 * span) > max(1.5 * step, 0.05 * 2 * span):
@@ -401,9 +424,8 @@ def _cycle_of_step(v: np.ndarray, w: Waveform) -> np.ndarray:
     """Cycle index of every step: whole multiples of the path of one cycle travelled before it."""
     if w.n_cycles <= 1:
         return np.zeros(v.size, dtype=np.int64)
-    dv = np.abs(np.diff(v))
-    step = float(np.median(dv[dv > _tiny(v)]))
-    travelled = np.r_[0.0, np.cumsum(dv)]
+    step = _step(v)
+    travelled = _travelled(v)
     k = np.floor((travelled + 0.5 * step) / (2 * (w.v_max - w.v_min))).astype(np.int64)
     return np.clip(k, 0, w.n_cycles - 1)
 
@@ -459,8 +481,7 @@ def split_cycles(voltage) -> np.ndarray:
         raise DataError(f"the {v.size} steps hold {w.n_cycles} cycles of unequal length "
                         f"({', '.join(map(str, lengths))} steps){extra}")
     index = np.arange(v.size).reshape(len(parts), lengths[0])
-    dv = np.abs(np.diff(v))
-    step = float(np.median(dv[dv > _tiny(v)]))
+    step = _step(v)
     unlike = np.flatnonzero(np.abs(v[index] - v[index[0]]).max(axis=1) > 0.5 * step)
     if unlike.size:
         raise DataError(f"cycle {int(unlike[0]) + 1} of {w.n_cycles} does not follow the voltage of cycle 1 "
