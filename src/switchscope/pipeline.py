@@ -219,6 +219,16 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
         names.remove("score")
         if log:
             log("stage score skipped: the data holds no ground truth")
+    if "loops" in names and getattr(stage_config("loops", configs), "channel", None) is None:
+        from .loops._options import default_loop_variable
+        from .loops._stage import missing_piezoresponse
+
+        if default_loop_variable(ds) is None:
+            if explicit:
+                raise ConfigError(f"stage loops: {missing_piezoresponse(ds)}, or drop loops from --stages")
+            names.remove("loops")
+            if log:
+                log("stage loops skipped: the data holds no piezoresponse (loop fitting applies to it only)")
     if "clean" in names:
         from .preprocess import check_steps
 
@@ -235,16 +245,6 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
         if pretrained == "paper":
             from .autoencoder.keras import pretrained_directory
             from .paper import PAPER_STEPS
-    if "loops" in names and getattr(stage_config("loops", configs), "channel", None) is None:
-        from .loops._options import default_loop_variable
-        from .loops._stage import missing_piezoresponse
-
-        if default_loop_variable(ds) is None:
-            if explicit:
-                raise ConfigError(f"stage loops: {missing_piezoresponse(ds)}, or drop loops from --stages")
-            names.remove("loops")
-            if log:
-                log("stage loops skipped: the data holds no piezoresponse (loop fitting applies to it only)")
 
             pretrained_directory()
             if int(ds.sizes["step"]) != PAPER_STEPS:
