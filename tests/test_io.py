@@ -284,7 +284,7 @@ def test_foreign_hdf5_and_zip(tmp_path):
     h5 = tmp_path / "other.h5"
     with h5py.File(h5, "w") as f:
         f["x"] = np.arange(3)
-    msg = _raises(FormatError, h5, "neither a MATLAB v7.3 file nor a NetCDF")
+    msg = _raises(FormatError, h5, "neither a MATLAB v7.3 file, a NetCDF file written by switchscope, a USID file")
     assert "NumPy .npz" in msg
     import zipfile
 
