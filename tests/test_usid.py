@@ -244,3 +244,19 @@ def test_synth_writes_usid_with_truth(tmp_path, capsys):
     assert raw["spectrum"].dims == ("row", "col", "cycle", "field", "step", "freq")
     code, _, err = run_cli(capsys, "synth", "--fields", "2", "--out", tmp_path / "x.nc")
     assert code == 2 and "--format usid" in err
+
+
+def test_cycles_back_to_back_on_the_step_axis_become_a_cycle_dim():
+    from switchscope import make_dataset as make
+    from switchscope.waveform import triangle_waveform
+
+    v = triangle_waveform(24, 5.0, start="0", n_cycles=3)
+    rng = np.random.default_rng(1)
+    arr = rng.normal(size=(2, 3, 72))
+    ds = make({"piezoresponse": arr}, v)
+    sel = apply_selection(ds, parse_select("cycle=2"))
+    np.testing.assert_array_equal(sel["piezoresponse"].values, arr[:, :, 24:48])
+    np.testing.assert_allclose(sel["voltage"].values, v[:24])
+    mean = apply_selection(ds)
+    np.testing.assert_allclose(mean["piezoresponse"].values, arr.reshape(2, 3, 3, 24).mean(axis=2))
+    assert mean.attrs["selection"] == "cycle=mean (default) of 3"

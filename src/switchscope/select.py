@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import numpy as np
 import xarray as xr
 
 from ._errors import ConfigError, DataError
@@ -97,7 +98,7 @@ def apply_selection(ds: xr.Dataset, select: Mapping[str, Any] | None = None) -> 
     :class:`DataError` listing what it has.
     """
     select = dict(select or {})
-    ds = ds.copy()  # shallow: the caller's attrs stay as they were
+    ds = split_step_cycles(ds.copy())  # shallow copy: the caller's attrs stay as they were
     made: list[str] = []
     src = printable(ds.attrs.get("source", "the data"), 80)
     if "field" in ds.dims:
@@ -130,6 +131,32 @@ def apply_selection(ds: xr.Dataset, select: Mapping[str, Any] | None = None) -> 
         made.insert(0, f"group={select['group']}")
     ds.attrs["selection"] = ", ".join(made) if made else "all (one field, one cycle)"
     return ds
+
+
+def split_step_cycles(ds: xr.Dataset) -> xr.Dataset:
+    """A step axis that holds several whole cycles back to back (one voltage array of e.g. 3 x 64
+    steps) as a ``cycle`` dim of its own, so that cycles are selected like those of USID files."""
+    from .waveform import describe_waveform, split_cycles
+
+    if "cycle" in ds.dims or "voltage" not in ds.coords or "step" not in ds.dims:
+        return ds
+    v = np.asarray(ds["voltage"].values, dtype=float)
+    try:
+        w = describe_waveform(v)
+    except DataError:
+        return ds  # the preflight says what is wrong with this voltage
+    if not w.is_bipolar or w.n_cycles < 2:
+        return ds
+    index = split_cycles(v)
+    n_cycles, per = index.shape
+    out = ds.drop_vars(["voltage", "step"]).isel(step=xr.DataArray(index, dims=("cycle", "step")))
+    out = out.assign_coords(step=np.arange(per), cycle=np.arange(1, n_cycles + 1),
+                            voltage=("step", v[index[0]], dict(ds["voltage"].attrs)))
+    for name, da in out.data_vars.items():  # (row, col, cycle, step[, freq]), as files with cycles have them
+        if "cycle" in da.dims:
+            order = [d for d in ("row", "col", "cycle", "field", "step") if d in da.dims]
+            out[name] = da.transpose(*order, ...)
+    return out
 
 
 def _mean_cycles(ds: xr.Dataset) -> xr.Dataset:
