@@ -53,8 +53,9 @@ SHO_FIELDS: dict[str, tuple[str, float, str]] = {
 #: Spectroscopic dimension labels -> switchscope dims.
 SPEC_DIMS = {"dc_offset": "step", "field": "field", "cycle": "cycle", "frequency": "freq"}
 
-#: Positions are read in blocks of this many pixels (bounded memory for large scans).
-BLOCK_POSITIONS = 4096
+#: Positions are read in blocks of about this many bytes: bounded memory for large scans, and small
+#: enough that a block read from the file is still in the CPU cache when its fields are scattered.
+BLOCK_BYTES = 4 << 20
 
 FIELD_NAMES = ("in-field", "out-of-field")
 
@@ -419,19 +420,63 @@ def axes(f: Any, main: Any, fields_from: list[Any]) -> Axes:
     return Axes(rows=rows, cols=cols, pixel=pixel, dims=dims, sizes=sizes, order=order, coords=coords)
 
 
-def _read(ds: Any, ax: Axes, fields: list[str] | None = None, dtype: Any = np.float64) -> list[np.ndarray]:
-    """The dataset (or each compound field) on ``(row, col, *dims)``, read block by block."""
+def _file_order(order: np.ndarray, sizes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(file shape, axes)`` when the spectral columns are the output dims in another C order
+    (``columns.reshape(-1, *file shape).transpose(0, *axes)`` is then the output), else None."""
+    from itertools import permutations
+
+    n = order.size
+    for perm in permutations(range(len(sizes))):
+        shape = tuple(sizes[d] for d in perm)
+        inv = tuple(int(i) for i in np.argsort(perm))
+        if np.array_equal(np.arange(n).reshape(shape).transpose(inv).ravel(), order):
+            return shape, tuple(i + 1 for i in inv)
+    return None
+
+
+def _read(ds: Any, ax: Axes, fields: list[str] | None = None, dtype: Any = np.float64,
+          scales: list[float] | None = None) -> list[np.ndarray]:
+    """The dataset (or each compound field, times its scale) on ``(row, col, *dims)``.
+
+    Read in blocks of positions into one reused buffer; each field of a block goes straight into
+    its preallocated output, reordered, cast and scaled in one pass (a strided view where the
+    spectral columns are a transposition of the output dims, as in every BGlib file; a gather
+    otherwise). Positions stored in grid order are written as slices.
+    """
     n_pixels = ax.rows * ax.cols
+    n_cells = int(np.prod(ax.sizes))
     shape = (ax.rows, ax.cols, *ax.sizes)
-    outs = [np.empty((n_pixels, int(np.prod(ax.sizes))), dtype=dtype) for _ in (fields or [None])]
+    names: list[str | None] = list(fields) if fields else [None]
+    scales = list(scales) if scales else [1.0] * len(names)
+    outs = [np.empty((n_pixels, n_cells), dtype=dtype) for _ in names]
     n_pos = ds.shape[0]
-    for start in range(0, n_pos, BLOCK_POSITIONS):
-        stop = min(start + BLOCK_POSITIONS, n_pos)
-        block = ds[start:stop]
-        where = ax.pixel[start:stop]
-        for out, name in zip(outs, fields or [None]):
+    layout = _file_order(ax.order, ax.sizes)
+    in_grid_order = bool(np.array_equal(ax.pixel, np.arange(n_pixels)))
+    per = max(1, min(n_pos, BLOCK_BYTES // max(1, ds.dtype.itemsize * ds.shape[1])))
+    buf = np.empty((per, ds.shape[1]), dtype=ds.dtype)
+    for start in range(0, n_pos, per):
+        stop = min(start + per, n_pos)
+        nb = stop - start
+        block = buf[:nb]
+        ds.read_direct(block, np.s_[start:stop], np.s_[0:nb])
+        for out, name, scale in zip(outs, names, scales):
             part = block if name is None else block[name]
-            out[where] = np.take(part, ax.order, axis=1)
+            if layout is not None:
+                src = part.reshape(nb, *layout[0]).transpose(0, *layout[1])
+            else:
+                src = np.take(part, ax.order, axis=1).reshape(nb, *ax.sizes)
+            if in_grid_order:
+                dst = out[start:stop].reshape(nb, *ax.sizes)
+                if scale == 1.0:
+                    np.copyto(dst, src, casting="unsafe")
+                else:  # cast first, then scale, in the output's precision
+                    np.multiply(src, np.asarray(scale, dtype=out.dtype), out=dst, dtype=out.dtype,
+                                casting="unsafe")
+            else:
+                vals = src.astype(out.dtype).reshape(nb, n_cells)
+                if scale != 1.0:
+                    vals *= np.asarray(scale, dtype=out.dtype)
+                out[ax.pixel[start:stop]] = vals
     return [o.reshape(shape) for o in outs]
 
 
@@ -547,11 +592,9 @@ def _sho_vars(fit: Any, ax: Axes, fname: str) -> dict[str, tuple[tuple[str, ...]
         raise DataError(f"'{fname}': the SHO fit {printable(fit.name, 120)} lacks the field(s) "
                         f"{printable(', '.join(missing), 120)} (has {printable(', '.join(names) or 'none', 120)}); "
                         "it is not a BGlib SHO result")
-    arrays = _read(fit, ax, list(SHO_FIELDS))
+    arrays = _read(fit, ax, list(SHO_FIELDS), scales=[scale for _, scale, _ in SHO_FIELDS.values()])
     out = {}
     for (key, (var, scale, units)), arr in zip(SHO_FIELDS.items(), arrays):
-        if scale != 1.0:
-            arr *= scale
         out[var] = (("row", "col", *ax.dims), arr, {"units": units, "usid_field": key})
     # an interrupted fit leaves pixels after ``last_pixel`` unwritten
     last = fit.parent.attrs.get("last_pixel")
