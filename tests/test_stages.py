@@ -100,7 +100,7 @@ def test_registry_is_the_one_source_of_stage_names():
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     help_text = next(a.help for a in sub.choices["run"]._actions if "--stages" in a.option_strings)
     assert help_text.endswith(", ".join(STAGES))
-    with pytest.raises(Exception, match="stages are: clean, loops"):
+    with pytest.raises(Exception, match="stages are: sho, project, clean, loops"):
         get_stage("cleen")
 
 

@@ -219,11 +219,12 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
         names.remove("score")
         if log:
             log("stage score skipped: the data holds no ground truth")
+    names = _raw_stages(ds, names, explicit, log)
     if "loops" in names and getattr(stage_config("loops", configs), "channel", None) is None:
         from .loops._options import default_loop_variable
         from .loops._stage import missing_piezoresponse
 
-        if default_loop_variable(ds) is None:
+        if default_loop_variable(ds) is None and not ({"sho", "project"} & set(names)):
             if explicit:
                 raise ConfigError(f"stage loops: {missing_piezoresponse(ds)}, or drop loops from --stages")
             names.remove("loops")
@@ -254,6 +255,31 @@ def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfi
                 from .waveform import check_paper_order
 
                 check_paper_order(ds["voltage"].values)
+    return names
+
+
+def _raw_stages(ds: xr.Dataset, names: list[str], explicit: bool,
+                log: Callable[[str], None] | None) -> list[str]:
+    """Keep ``sho`` only for raw spectra and ``project`` only where loops are still to be made."""
+    from .sho_stage import check_spectra, needs_projection, needs_sho
+
+    sho = needs_sho(ds)
+    if "sho" in names:
+        if sho:
+            check_spectra(ds)
+        elif explicit:
+            raise ConfigError("stage sho fits raw band-excitation spectra, which the data does not hold (or holds "
+                              "with their SHO fit); drop sho from --stages")
+        else:
+            names.remove("sho")
+    elif sho:
+        raise ConfigError("the data holds raw spectra only; add sho (and project) to --stages, or read the "
+                          "file's SHO fit")
+    if "project" in names and not needs_projection(ds, after_sho="sho" in names):
+        if explicit:
+            raise ConfigError("stage project makes piezoresponse from amplitude and phase, and the data has "
+                              "piezoresponse already (or no amplitude and phase); drop project from --stages")
+        names.remove("project")
     return names
 
 

@@ -12,8 +12,8 @@ never draws; the report draws every figure from the results.
 Examples
 --------
 >>> from switchscope.stages import STAGES, get_stage
->>> list(STAGES)[:3]
-['clean', 'loops', 'decomposition']
+>>> list(STAGES)[:4]
+['sho', 'project', 'clean', 'loops']
 >>> get_stage("loops").section
 'loops'
 """
@@ -79,6 +79,10 @@ def _stages(*items: Stage) -> dict[str, Stage]:
 
 #: Every stage, in the order of a run.
 STAGES: dict[str, Stage] = _stages(
+    Stage("sho", "switchscope.sho_stage", "sho_stage", "sho",
+          "batched SHO fit of every raw band-excitation spectrum (only where the data holds spectra)"),
+    Stage("project", "switchscope.sho_stage", "project_stage", "project",
+          "loops from SHO amplitude and phase: BGlib's projection or A cos(phi) (only without piezoresponse)"),
     Stage("clean", "switchscope.preprocess", "stage", "clean",
           "the paper's cleaning: range check, NaN interpolation, outlier removal, normalization"),
     Stage("loops", "switchscope.loops._stage", "stage", "loops",
