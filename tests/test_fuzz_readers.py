@@ -68,6 +68,19 @@ def write_netcdf(path: Path) -> None:
     save(make_dataset(rows=3, cols=3, seed=4), path)
 
 
+def write_usid(path: Path) -> None:
+    from switchscope.io.usid_write import make_usid_example
+
+    make_usid_example(path, rows=3, cols=3, n_steps=16, n_fields=2, n_cycles=2, n_freq=4, spectra=True)
+
+
+def write_nsid(path: Path) -> None:
+    from test_nsid import _file  # the NSID layout written with plain h5py
+
+    built = _file(path.parent)
+    os.replace(built, path)
+
+
 WRITERS = {
     "mat5.mat": lambda p: write_mat5(p, compress=False),
     "mat5z.mat": lambda p: write_mat5(p, compress=True),
@@ -75,6 +88,8 @@ WRITERS = {
     "loops.npy": write_npy,
     "loops.npz": write_npz,
     "results.nc": write_netcdf,
+    "usid.h5": write_usid,
+    "nsid.h5": write_nsid,
 }
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from .._dataset import CHANNELS, check_voltage
-from .._errors import DataError, FormatError
+from .._errors import DataError, FormatError, SwitchscopeError
 from .._text import printable
 from ._base import PathLike, Reader, check_declared_size, hdf5_offset, oneline, read_head, resolve_voltage
 
@@ -506,6 +506,15 @@ class USIDReader(Reader):
             return False
 
     def check_size(self, path: PathLike) -> None:
+        try:
+            self._check_size(path)
+        except SwitchscopeError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise FormatError(f"'{printable(Path(path).name)}' is a USID file whose HDF5 structure is damaged "
+                              f"({oneline(exc)}); copy or save it again") from None
+
+    def _check_size(self, path: PathLike) -> None:
         import h5py
 
         with h5py.File(path, "r") as f:
@@ -518,7 +527,16 @@ class USIDReader(Reader):
                     arrays.append((dpath, (*d.shape, n_fields), d.dtype.itemsize // max(1, n_fields)))
             check_declared_size(path, arrays)
 
-    def open(self, path: PathLike, *, channel: str | None = None, voltage: Any = None, normalized: bool = False,
+    def open(self, path: PathLike, **options: Any) -> xr.Dataset:
+        try:
+            return self._open(path, **options)
+        except SwitchscopeError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise FormatError(f"'{printable(Path(path).name)}' is a USID file whose HDF5 content is damaged "
+                              f"({oneline(exc)}); copy or save it again") from None
+
+    def _open(self, path: PathLike, *, channel: str | None = None, voltage: Any = None, normalized: bool = False,
              group: str | None = None) -> xr.Dataset:
         import h5py
 
