@@ -18,6 +18,7 @@ from .io import describe, load, paper_voltage, save
 from .preprocess import CleanConfig, clean, denormalize, normalize
 from .synthetic import SyntheticConfig
 from .synthetic import make_dataset as make_synthetic
+from .select import apply_selection, parse_select
 from .waveform import Waveform, check_bipolar, describe_waveform, split_cycles, triangle_waveform
 
 __version__ = "0.1.0"
@@ -41,6 +42,11 @@ _LAZY = {
     "build_report": "switchscope.report",
     "ReportConfig": "switchscope.report",
     "run": "switchscope.pipeline",
+    "fit_sho": "switchscope.sho",
+    "sho_response": "switchscope.sho",
+    "project_loops": "switchscope.sho",
+    "SHOFitResult": "switchscope.sho",
+    "write_usid": "switchscope.io.usid_write",
 }
 
 
@@ -87,6 +93,8 @@ __all__ = [*_LAZY,
     "describe_waveform",
     "split_cycles",
     "triangle_waveform",
+    "apply_selection",
+    "parse_select",
     "plot",
     "save",
     "stages",
