@@ -271,14 +271,49 @@ class _Axis:
         return [w for w in (self.label, self.name, self.quantity) if w]
 
 
+def _dimension_attrs(dset: Any, where: str) -> tuple[list[str], list[Any]]:
+    """Each axis's label and first scale reference, read from the ``DIMENSION_LABELS`` and
+    ``DIMENSION_LIST`` attributes themselves: HDF5's dimension-scale API (``dset.dims``) crashes
+    the process on damaged ones (a label array shorter than the rank), so it is never called."""
+    import h5py
+
+    rank = len(dset.shape)
+    labels = [""] * rank
+    scales: list[Any] = [None] * rank
+    try:
+        raw = dset.attrs.get("DIMENSION_LABELS")
+        if raw is not None:
+            arr = np.atleast_1d(np.asarray(raw, dtype=object)).ravel()
+            if arr.size != rank:
+                raise FormatError(f"{where}: DIMENSION_LABELS holds {arr.size} labels for {rank} axes; the file "
+                                  "is damaged: write it again")
+            labels = [_text(v).strip() for v in arr]
+        refs = dset.attrs.get("DIMENSION_LIST")
+        if refs is not None:
+            arr = np.atleast_1d(np.asarray(refs, dtype=object)).ravel()
+            if arr.size != rank:
+                raise FormatError(f"{where}: DIMENSION_LIST holds {arr.size} entries for {rank} axes; the file "
+                                  "is damaged: write it again")
+            for i, entry in enumerate(arr):
+                first = np.atleast_1d(np.asarray(entry, dtype=object)).ravel()
+                if first.size and isinstance(first[0], h5py.Reference) and first[0]:
+                    scales[i] = first[0]
+    except FormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged attributes
+        raise FormatError(f"{where}: the dimension attributes cannot be read ({oneline(exc)}); the file is "
+                          "damaged: write it again") from None
+    return labels, scales
+
+
 def _read_axes(dset: Any, where: str) -> list[_Axis]:
     """The axes of ``dset`` from its labels and first attached dimension scale."""
     axes = []
+    labels, scales = _dimension_attrs(dset, where)
     for i, size in enumerate(dset.shape):
         try:
-            dim = dset.dims[i]
-            label = str(dim.label or "")
-            scale = dim[0] if len(dim) else None
+            label = labels[i]
+            scale = dset.file[scales[i]] if scales[i] is not None else None
         except Exception as exc:  # noqa: BLE001 - dangling references, damaged DIMENSION_LIST
             raise FormatError(f"{where}: the dimension scale of axis {i} cannot be read ({oneline(exc)}); "
                               "the file is damaged: write it again") from None
