@@ -230,10 +230,43 @@ def test_gpu_matches_cpu():
     np.testing.assert_allclose(gpu.params, cpu.params, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("guess", ["best", "complex", "peak"])
+def test_numba_kernel_matches_torch_path(guess):
+    """The numba CPU kernel (default on CPU) against the batched torch path, float64: the same
+    guess, LM iterations and statuses, results equal to rounding."""
+    for f, y, _ in make_spectra(600, seed=13, noise=0.08, groups=3):
+        a = fit_sho(y, f, guess=guess)
+        b = fit_sho(y, f, guess=guess, backend="torch")
+        np.testing.assert_array_equal(a.status, b.status)
+        np.testing.assert_array_equal(a.n_iter, b.n_iter)
+        np.testing.assert_array_equal(a.guess_source, b.guess_source)
+        np.testing.assert_allclose(a.guess, b.guess, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.r2, b.r2, atol=1e-10)
+        np.testing.assert_allclose(a.params, b.params, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-7)
+
+
+def test_numba_kernel_float32_tolerances_and_threads():
+    """dtype=float32 keeps the numba kernel in float64 with float32's looser tolerances: close
+    to the float32 torch path and to float64; numba's thread count does not change results."""
+    (f, y, _), = make_spectra(1000, groups=1, seed=17)
+    a32 = fit_sho(y.astype(np.complex64), f, dtype=torch.float32)
+    t32 = fit_sho(y.astype(np.complex64), f, dtype=torch.float32, backend="torch")
+    a64 = fit_sho(y, f)
+    np.testing.assert_allclose(a32.r2, t32.r2, atol=1e-5)
+    np.testing.assert_allclose(a32.r2, a64.r2, atol=1e-5)
+    np.testing.assert_array_equal(fit_sho(y, f, threads=1).params, a64.params)
+    with pytest.raises(ConfigError, match="backend must be one of auto, numba, torch"):
+        fit_sho(y, f, backend="cuda")
+    with pytest.raises(ConfigError, match="backend='numba' runs on the CPU only"):
+        fit_sho(y, f, backend="numba", device="cuda")
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inputs
 # --------------------------------------------------------------------------------------------
-def test_bad_spectra_are_flagged_not_fatal():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_bad_spectra_are_flagged_not_fatal(backend):
     f = np.linspace(1.30e6, 1.34e6, 64)
     good = sho_response(f, [1e-3] * 3, [1.32e6] * 3, [200.0] * 3, [0.3] * 3)
     rng = np.random.default_rng(0)
@@ -248,7 +281,7 @@ def test_bad_spectra_are_flagged_not_fatal():
     y[8, ::3] = np.nan + 1j                         # a third of the bins missing: still fitted
     with pytest.warns(DataWarning, match=r"2 spectra with fewer than 3 finite bins and 2 constant "
                                          r"spectra were not fitted .* 1 ended with w0 on a band edge"):
-        res = fit_sho(y, f)
+        res = fit_sho(y, f, backend=backend)
     st = np.where(res.status <= 1, 0, res.status)        # 0 or 1: converged
     assert st.tolist() == [0, 0, 0, 3, 4, 4, STATUS_BOUND, 3, 0]
     assert np.isnan(res.params[[3, 4, 5, 7]]).all() and np.isfinite(res.params[[0, 6, 8]]).all()

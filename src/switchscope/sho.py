@@ -11,9 +11,12 @@ only, so any unit works and ``w0`` comes back in the unit of ``freq``. The phase
 radians. :func:`switchscope.synthetic.sho_response` uses the same formula with the phase in
 degrees (and frequencies in kHz).
 
-:func:`fit_sho` fits every spectrum at once with the Levenberg-Marquardt engine that the loop
-fitter uses (:mod:`switchscope.fit`), from the better of two guesses per spectrum
-(:func:`sho_guess`); :func:`project_loops` turns amplitude and phase into piezoresponse loops.
+:func:`fit_sho` fits every spectrum from the better of two guesses per spectrum
+(:func:`sho_guess`) with a bounded Levenberg-Marquardt: on a CPU by a numba kernel that solves
+one spectrum's whole problem at a time (:mod:`switchscope.fit._sho_numba`), elsewhere (or with
+``backend="torch"``) with the batched torch engine that the loop fitter uses
+(:mod:`switchscope.fit`); both run the same algorithm. :func:`project_loops` turns amplitude and
+phase into piezoresponse loops.
 """
 
 from __future__ import annotations
@@ -554,7 +557,8 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
             ftol: float | None = None, xtol: float | None = None,
             q_bounds: tuple[float, float] = Q_BOUNDS,
             guess: Literal["best", "complex", "peak"] = "best",
-            threads: int | None = None) -> SHOFitResult:
+            threads: int | None = None,
+            backend: Literal["auto", "numba", "torch"] = "auto") -> SHOFitResult:
     """Fit the SHO model to every complex spectrum at once (batched Levenberg-Marquardt).
 
     Parameters
@@ -586,11 +590,19 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
         peak fallback per spectrum (default), or one of them (``"complex"`` falls back to the
         peak guess where the estimate is unusable, as BGlib does).
     threads : int, optional
-        CPU only: blocks of 1024 spectra are fitted on this many Python threads, each running
-        torch single-threaded (default ``torch.get_num_threads()``). Small cache-resident
-        blocks side by side are faster than one large batch split by torch's OpenMP threads,
-        and do not stall when other processes load the machine (measured on a loaded 2-core
-        machine: 8500 spectra/s on one thread, 700 with two OpenMP threads).
+        CPU only: threads of the fit (default ``torch.get_num_threads()``, at most numba's
+        ``NUMBA_NUM_THREADS``). With the numba kernel, numba's threads; with the torch path,
+        blocks of 1024 spectra on this many Python threads, each running torch
+        single-threaded (small cache-resident blocks side by side are faster than one large
+        batch split by torch's OpenMP threads, and do not stall when other processes load the
+        machine).
+    backend : {"auto", "numba", "torch"}
+        ``"numba"``: a compiled CPU kernel that fits one spectrum at a time with the whole
+        problem in cache (:mod:`switchscope.fit._sho_numba`; same guess, LM, statuses and
+        quality as the torch path, always computed in float64, ``dtype`` only setting the
+        default tolerances; the first call in a fresh environment compiles it, ~10 s, cached
+        on disk after). ``"torch"``: batched torch kernels (CPU or GPU). ``"auto"`` (default):
+        numba on CPU, torch on other devices.
 
     Returns
     -------
@@ -617,6 +629,8 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
     _check_options(dtype, chunk, max_iter, ftol, xtol, q_bounds, guess)
     if threads is not None and not (isinstance(threads, int) and threads >= 1):
         raise ConfigError(f"fit_sho: threads must be a positive int, got {threads!r}")
+    if backend not in ("auto", "numba", "torch"):
+        raise ConfigError(f"fit_sho: backend must be one of auto, numba, torch, got {backend!r}")
     data, in_device = _as_complex(spectra)
     shape = tuple(data.shape[:-1])
     n_freq = int(data.shape[-1]) if data.ndim else 0
@@ -625,6 +639,10 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
     f_np, order = _check_freq(freq, n_freq)
     n = int(np.prod(shape)) if shape else 1
     dev = torch.device(device) if device is not None else (in_device or torch.device("cpu"))
+    if backend == "numba" and dev.type != "cpu":
+        raise ConfigError(f"fit_sho: backend='numba' runs on the CPU only, got device {dev}; "
+                          "pass backend='torch' or device='cpu'")
+    use_numba = dev.type == "cpu" and backend != "torch"
     cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     tt = {"dtype": dtype, "device": dev}
     if ftol is None:
@@ -640,7 +658,12 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
     status = np.full(n, STATUS_TOO_FEW, dtype=np.int64)
     n_iter = np.zeros(n, dtype=np.int64)
     source = np.full(n, -1, dtype=np.int64)
-    if n_freq >= 3 and n:
+    if n_freq >= 3 and n and use_numba:
+        _fit_numba(flat, f_np, order, chunk, max_iter, ftol, xtol, q_bounds, guess,
+                   1e-9 if dtype == torch.float64 else 1e-5,
+                   torch.get_num_threads() if threads is None else threads,
+                   (params, stderr, r2, status, n_iter, starts, source))
+    elif n_freq >= 3 and n:
         fmin, fmax = float(f_np[0]), float(f_np[-1])
         fc, hw = 0.5 * (fmin + fmax), 0.5 * (fmax - fmin)
         f_t = torch.as_tensor(f_np, **tt)
@@ -683,6 +706,33 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
                         status=status.reshape(lead), n_iter=n_iter.reshape(lead),
                         guess=starts.reshape(lead + (4,)), guess_source=source.reshape(lead),
                         freq=f_np, shape=lead)
+
+
+def _fit_numba(flat, f_np, order, chunk, max_iter, ftol, xtol, q_bounds, guess, edge_tol,
+               threads, outs) -> None:
+    """The numba kernel over chunks of ``flat`` (n, n_freq), each converted to contiguous
+    complex128 in ascending frequency order (bounds the extra memory to one chunk)."""
+    import numba
+
+    from .fit import _sho_numba
+
+    params, stderr, r2, status, n_iter, starts, source = outs
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        for a in range(0, flat.shape[0], chunk):
+            b = min(a + chunk, flat.shape[0])
+            y = flat[a:b] if isinstance(flat, np.ndarray) else flat[a:b].cpu().numpy()
+            y = y[:, order] if order is not None else y
+            y = np.ascontiguousarray(y, dtype=np.complex128)
+            _sho_numba.fit_block(y, f_np, float(q_bounds[0]), float(q_bounds[1]),
+                                 _sho_numba.GUESS_CODES[guess], max_iter, float(ftol),
+                                 float(xtol), edge_tol, params[a:b], stderr[a:b], r2[a:b],
+                                 status[a:b], n_iter[a:b], starts[a:b], source[a:b])
+    finally:
+        numba.set_num_threads(before)
+    params[:, 3] = _wrap(params[:, 3])
+    starts[:, 3] = _wrap(starts[:, 3])
 
 
 def _triage(y: torch.Tensor):
