@@ -289,3 +289,42 @@ def test_csv_export_matches_results_nc(opened, results, tmp_path):
         span = float(np.nanmax(results[var].values) - np.nanmin(results[var].values))
         np.testing.assert_array_equal(np.isnan(table[:, j]), np.isnan(ref))
         np.testing.assert_allclose(table[:, j], ref, atol=1e-3 * span, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def sho_run_dir(tmp_path_factory):
+    from switchscope.io.usid_write import make_usid_example
+    from switchscope.pipeline import run
+
+    tmp = tmp_path_factory.mktemp("browser_sho")
+    make_usid_example(tmp / "raw.h5", rows=6, cols=6, n_steps=32, n_fields=1, n_cycles=1, n_freq=16, spectra=True)
+    run(tmp / "raw.h5", tmp / "out", stages=["sho", "project", "clean", "loops", "report"],
+        load_options={"select": "group=Raw_Data"}, progress=False, log=lambda m: None)
+    return tmp / "out"
+
+
+def test_clicking_a_pixel_draws_its_sho_spectrum(browser, sho_run_dir):
+    from switchscope.io import load
+    from switchscope.sho import sho_response
+
+    ds = load(sho_run_dir / "results.nc")
+    page, _, blocked, errors = _open(browser, sho_run_dir / "report" / "index.html")
+    try:
+        _click_pixel(page, "projection_angle", 4, 1)
+        step = page.locator("#ss-sho-step")
+        step.evaluate("(e) => { e.value = 20; e.dispatchEvent(new Event('input')); }")
+        holder = page.locator("#ss-sho")
+        assert (holder.get_attribute("data-row"), holder.get_attribute("data-col"),
+                holder.get_attribute("data-step")) == ("4", "1", "20")
+        amp = _series(page, "ss-sho-amp")
+        measured = np.abs(ds["spectrum"].values[4, 1, 20])
+        assert np.abs(amp["spectrum"] - measured).max() <= 0.01 * measured.max()
+        fit = amp["SHO fit"]
+        exact = np.abs(sho_response(ds["freq"].values / 1e3, ds["amplitude"].values[4, 1, 20],
+                                    ds["resonance"].values[4, 1, 20], ds["quality_factor"].values[4, 1, 20],
+                                    np.deg2rad(ds["phase"].values[4, 1, 20])))
+        assert fit.size > measured.size and np.isclose(fit.max(), exact.max(), rtol=0.02)
+        assert set(_series(page, "ss-sho-phase")) == {"spectrum", "SHO fit"}
+        assert errors == [] and blocked == []
+    finally:
+        page.close()

@@ -155,12 +155,65 @@ def _gradient(n: int = 9) -> str:
     return f"linear-gradient(to right, {stops})"
 
 
+#: SHO parameters that the explorer's spectrum panel needs, with the measured ``spectrum``.
+SHO_PARAMS = ("amplitude", "resonance", "quality_factor", "phase")
+
+_HZ = {"hz": 1.0, "khz": 1e3, "mhz": 1e6}
+
+
+def _sho_payload(ds: xr.Dataset, ri: np.ndarray, ci: np.ndarray, digits: int,
+                 max_values: int) -> dict[str, Any] | None:
+    """Measured spectra and SHO parameters of the explorer's pixels, for the spectrum panel.
+
+    Only when ``ds`` holds ``spectrum`` (row, col, step, freq) and the four SHO parameters. The
+    spectra are the heaviest data of a run (60 x 60 x 96 x 16 complex values: about 10 MB even
+    quantized), so when the explorer's pixels hold more than ``max_values`` complex values they
+    are subsampled again, one explorer pixel in ``k`` along rows and columns (``k`` recorded;
+    the page shows the nearest embedded pixel). Real and imaginary parts are quantized like the
+    curves; the parameters with one more digit (the model is drawn from them). The resonance is
+    in kHz and ``freq_khz`` too, so the page evaluates
+    ``A exp(i phi) w0^2 / (w^2 - i w w0 / Q - w0^2)`` (:func:`switchscope.sho.sho_response`)
+    in one unit; ``phase`` stays in its units (``phase_units``).
+    """
+    if "spectrum" not in ds or "freq" not in ds.coords or not all(v in ds for v in SHO_PARAMS):
+        return None
+    spec = ds["spectrum"]
+    if set(spec.dims) != {"row", "col", "step", "freq"} or spec.dtype.kind != "c":
+        return None
+    unit = str(ds["freq"].attrs.get("units", "Hz")).strip().lower()
+    w_unit = str(ds["resonance"].attrs.get("units", "kHz")).strip().lower()
+    if unit not in _HZ or w_unit not in _HZ:
+        return None
+    n_steps, n_freq = int(ds.sizes["step"]), int(ds.sizes["freq"])
+    per_pixel = max(1, n_steps * n_freq)
+    k = max(1, math.ceil(math.sqrt(len(ri) * len(ci) * per_pixel / max(1, max_values))))
+    si, sj = np.arange(0, len(ri), k), np.arange(0, len(ci), k)
+    rows, cols = ri[si], ci[sj]
+    cube = spec.transpose("row", "col", "step", "freq").values[np.ix_(rows, cols)]
+    out: dict[str, Any] = {
+        "every": k, "sub_grid": [len(si), len(sj)], "rows_idx": rows.tolist(), "cols_idx": cols.tolist(),
+        "n_freq": n_freq, "freq_khz": (np.asarray(ds["freq"].values, float) * _HZ[unit] / 1e3).tolist(),
+        "units": _unit(spec.attrs.get("units", "")),
+        "phase_units": "rad" if str(ds["phase"].attrs.get("units", "deg")).strip().lower().startswith("rad") else "deg",
+        "re": _quantize(cube.real, digits), "im": _quantize(cube.imag, digits), "params": {},
+    }
+    for v in SHO_PARAMS:
+        a = ds[v].transpose("row", "col", "step").values[np.ix_(rows, cols)].astype(float)
+        if v == "resonance":
+            a = a * _HZ[w_unit] / 1e3
+        out["params"][v] = _quantize(a, digits + 1)
+    return out
+
+
 def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4,
-                     channels: tuple[str, ...] = ("piezoresponse", "resonance")) -> dict[str, Any]:
+                     channels: tuple[str, ...] = ("piezoresponse", "resonance"),
+                     max_spectrum_values: int = 1_500_000) -> dict[str, Any]:
     """The explorer's data: maps, per-pixel curves and generated curves, quantized.
 
     Grids with more than ``max_pixels`` pixels are subsampled with one stride ``s`` along rows
-    and columns (pixels ``0, s, 2s, ...``); ``stride`` records it.
+    and columns (pixels ``0, s, 2s, ...``); ``stride`` records it. With raw spectra and their
+    SHO fit, ``sho`` holds both for the spectrum panel (:func:`_sho_payload`; at most
+    ``max_spectrum_values`` complex values, about 2.7 MB at 3 digits), else it is None.
 
     Returns
     -------
@@ -215,6 +268,7 @@ def explorer_payload(ds: xr.Dataset, *, max_pixels: int = 10000, digits: int = 4
             "levels": np.asarray(ds[f"{var}_level"].values)[neurons].tolist(),
             **_quantize(curves[neurons], digits),
         })
+    payload["sho"] = _sho_payload(ds, ri, ci, digits, max_spectrum_values)
     return payload
 
 

@@ -39,6 +39,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 #: Page sections for figures, in page order: (section id, heading). Each drawer of
 #: :mod:`switchscope.report.figures` says which section a file it wrote belongs to.
 SECTIONS: tuple[tuple[str, str], ...] = (
+    ("sho", "SHO fit"),
     ("cleaning", "Cleaning"),
     ("loops", "Loop fits"),
     ("decomposition", "Linear baselines: PCA, NMF, clusters"),
@@ -156,6 +157,14 @@ def _section(sid: str, title: str, body: str) -> tuple[str, str, str]:
 
 #: Captions of the drawn figures, by file-name pattern ({ch}: the channel in the name).
 _CAPTIONS: tuple[tuple[str, str], ...] = (
+    (r"sho_maps\.png", "SHO fit of every spectrum: amplitude A, resonance w0, quality factor Q, phase phi and "
+                        "log10(1 - R²), at the step nearest 0 V on the descending sweep (top) and on the ascending sweep "
+                        "(bottom): the two remanent states, so phi and A show the written domains. Every step "
+                        "is in the explorer and in results.nc."),
+    (r"sho_r2\.png", "Fit quality: histogram of 1 - R² over every spectrum (log axes) and each pixel's worst fit "
+                      "over the steps, as log10(1 - R²)."),
+    (r"sho_projection\.png", "Projection of amplitude and phase onto loops: angle and offset of each pixel's axis "
+                              "of switching."),
     (r"clean\.png", "Raw (grey) and cleaned (blue) curve of the most repaired pixel of each channel."),
     (r"loop_maps\.png", "Switching parameters of the fitted loops, one map each, and the fit quality R²."),
     (r"loop_examples\.png", "Measured and fitted loops of pixels across the R² range, the worst first "
@@ -262,6 +271,37 @@ def _cleaning_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
         note += f"<ul class=\"note\">{''.join(reasons)}</ul>"
     return note + _table(["channel", "NaN/Inf repaired", "out of range", "outlier points replaced", "normalization",
                           "norm_mean", "norm_std"], rows, text_cols=1)
+
+
+def _sho_table(ds: xr.Dataset, summary: Mapping[str, Any]) -> str:
+    """The SHO fit in numbers: spectra, median R², status counts (from the arrays, with the
+    run's own summary line beside them; every string escaped)."""
+    if "sho_r2" not in ds:
+        return ""
+    from ..sho import STATUS_MESSAGES
+
+    r2 = ds["sho_r2"].values.astype(float)
+    rows: list[tuple[str, Any]] = [("spectra", int(r2.size)),
+                                   ("median R²", float(np.nanmedian(r2)) if np.isfinite(r2).any() else "none finite"),
+                                   ("spectra with R² < 0.9", int(np.sum(r2 < 0.9)))]
+    if "freq" in ds.coords:
+        rows.append(("frequency bins", int(ds.sizes.get("freq", 0))))
+    info = summary.get("sho") if isinstance(summary.get("sho"), Mapping) else {}
+    for key, label in (("dtype", "fit dtype"), ("seconds", "fit seconds"), ("spectra_per_s", "spectra per second")):
+        if key in info:
+            rows.append((label, info[key]))
+    if "projection_angle" in ds:
+        method = ds["piezoresponse"].attrs.get("projection", "") if "piezoresponse" in ds else ""
+        rows.append(("projection", method or "yes"))
+    out = _table(["quantity", "value"], rows)
+    if "sho_status" in ds:
+        codes, counts = np.unique(ds["sho_status"].values.astype(int), return_counts=True)
+        out += _table(["status", "meaning", "spectra", "share"],
+                      [(int(c), STATUS_MESSAGES.get(int(c), "unknown"), int(n), f"{100 * n / r2.size:.2f}%")
+                       for c, n in zip(codes, counts)], text_cols=2)
+    if isinstance(info.get("status"), str):
+        out += f'<p class="note">The run reported: {_e(info["status"])}.</p>'
+    return out
 
 
 def _loops_table(ds: xr.Dataset) -> str:
@@ -419,7 +459,7 @@ def _flatten_summary(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
 
 
 def _explorer_section(payload: dict[str, Any]) -> str:
-    if not payload["maps"] and not payload["panels"] and not payload["generated"]:
+    if not payload["maps"] and not payload["panels"] and not payload["generated"] and not payload.get("sho"):
         return ""
     parts = []
     if payload["stride"] > 1:
@@ -473,6 +513,26 @@ def _explorer_section(payload: dict[str, Any]) -> str:
                          f'<div class="legend">{legend}</div>'
                          f'<svg class="ss-plot ss-panel" id="ss-panel-{i}" data-channel="{_e(p["channel"])}"></svg></div>')
         parts.append(f'<div id="ss-curves">{"".join(boxes)}</div>')
+    sho = payload.get("sho")
+    if sho:
+        every = (f' The spectra are embedded for one explorer pixel in {sho["every"]} along rows and columns '
+                 f'({sho["sub_grid"][0]} x {sho["sub_grid"][1]} pixels): the nearest one to the clicked pixel is '
+                 'shown.' if sho["every"] > 1 else "")
+        boxes = "".join(
+            f'<div class="ss-panel-box"><h3>{_e(title)}</h3><div class="legend">'
+            '<span><i style="background:#999999"></i>measured (spectrum)</span>'
+            '<span><i style="background:#d62728"></i>SHO fit</span></div>'
+            f'<svg class="ss-plot" id="{_e(sid)}"></svg></div>'
+            for sid, title in (("ss-sho-amp", f"|H| ({sho['units']})" if sho["units"] else "|H|"),
+                               ("ss-sho-phase", "phase (deg)")))
+        parts.append(
+            '<h3>SHO fit of one spectrum</h3><p class="note">The measured band-excitation spectrum of the clicked '
+            'pixel at one step (grey) and the SHO model drawn from its fitted A, w0, Q and phi (red), '
+            'H(w) = A exp(i phi) w0² / (w² - i w w0 / Q - w0²).' + every + '</p>'
+            '<div class="ss-gen-controls" id="ss-sho">'
+            f'<label>step <input type="range" id="ss-sho-step" min="0" max="{len(payload["voltage"]) - 1}" '
+            'step="1" value="0"></label><span id="ss-sho-value"></span></div>'
+            f'<div id="ss-sho-curves">{boxes}</div>')
     if payload["generated"]:
         opts = "".join(f'<option value="{i}">{_e(g["variable"])}</option>' for i, g in enumerate(payload["generated"]))
         parts.append(
@@ -552,7 +612,7 @@ def write_report(ds: xr.Dataset, report_dir: str | Path, *, summary: Mapping[str
     explorer = _explorer_section(payload)
     if explorer:  # first after the summary: the place to start
         sections.append(_section("explorer", "Explorer", explorer))
-    extra = {"cleaning": _cleaning_table(ds, summary), "loops": _loops_table(ds),
+    extra = {"sho": _sho_table(ds, summary), "cleaning": _cleaning_table(ds, summary), "loops": _loops_table(ds),
              "decomposition": _baselines_block(summary, "decomposition") + _decomposition_table(ds),
              "reconstruction": _baselines_block(summary, "reconstruction") + _reconstruction_table(ds, summary)}
     for gid, title in SECTIONS:

@@ -185,13 +185,20 @@
     return String(Number(v.toPrecision(digits)));
   }
 
-  /* Draw line series [{name, values, color, width}] into an <svg>, x = voltage. */
-  function plot(svg, series, xs) {
+  /* Draw line series [{name, values, color, width, xs}] into an <svg>, x = voltage (or, with
+   * opts.xunit, any x; a series may carry its own xs). Branches (solid descending, dashed
+   * ascending) only for voltage curves. */
+  function plot(svg, series, xs, opts) {
+    opts = opts || {};
+    var branches = !opts.xunit, xunit = opts.xunit || "V";
     while (svg.firstChild) { svg.removeChild(svg.firstChild); }
     var W = 420, H = 220, L = 66, B = 28, T = 8, Rm = 8;
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     var ymin = Infinity, ymax = -Infinity, xmin = Infinity, xmax = -Infinity;
     xs.forEach(function (x) { xmin = Math.min(xmin, x); xmax = Math.max(xmax, x); });
+    series.forEach(function (s) {
+      (s.xs || []).forEach(function (x) { xmin = Math.min(xmin, x); xmax = Math.max(xmax, x); });
+    });
     series.forEach(function (s) {
       s.values.forEach(function (v) { if (v !== null && isFinite(v)) { ymin = Math.min(ymin, v); ymax = Math.max(ymax, v); } });
     });
@@ -208,18 +215,18 @@
     });
     [[xmin, L, "start"], [(xmin + xmax) / 2, (L + W - Rm) / 2, "middle"], [xmax, W - Rm, "end"]].forEach(function (p) {
       var t = el("text", {x: p[1], y: H - 12, "text-anchor": p[2], "font-size": 10});
-      t.textContent = Number(p[0]).toPrecision(3) + " V"; svg.appendChild(t);
+      t.textContent = Number(p[0]).toPrecision(branches ? 3 : 5) + " " + xunit; svg.appendChild(t);
     });
     series.forEach(function (s) {
       /* one polyline per run of finite values on one branch: solid descending, dashed ascending */
-      var segs = [], cur = [], branch = null;
+      var segs = [], cur = [], branch = null, sx = s.xs || xs;
       s.values.forEach(function (v, i) {
-        var b = D.descending[i] ? "down" : "up";
+        var b = branches ? (D.descending[i] ? "down" : "up") : "all";
         if (v === null || !isFinite(v) || (branch !== null && b !== branch)) {
           if (cur.length) { segs.push({pts: cur, branch: branch}); }
           cur = (v === null || !isFinite(v) || !cur.length) ? [] : [cur[cur.length - 1]];
         }
-        if (v !== null && isFinite(v)) { cur.push(px(xs[i]).toFixed(1) + "," + py(v).toFixed(1)); branch = b; }
+        if (v !== null && isFinite(v)) { cur.push(px(sx[i]).toFixed(1) + "," + py(v).toFixed(1)); branch = b; }
       });
       if (cur.length) { segs.push({pts: cur, branch: branch}); }
       var g = el("g", {"class": "ss-series", "data-series": s.name, "data-var": s.variable || "",
@@ -251,6 +258,59 @@
     });
     drawAllMaps();
     drawCube();
+    drawSho();
+  }
+
+  /* SHO spectrum: the measured complex spectrum of the selected pixel at one step and the SHO
+   * model H(w) = A exp(i phi) w0^2 / (w^2 - i w w0 / Q - w0^2) (switchscope.sho.sho_response),
+   * w and w0 in kHz. The spectra may be embedded on a coarser grid: the nearest one is shown. */
+  var S = D.sho, shoStep = document.getElementById("ss-sho-step");
+
+  function shoModel(A, w0, Q, phi, ws) {
+    return ws.map(function (w) {
+      /* A e^{i phi} w0^2 / (a + i b), a = w^2 - w0^2, b = -w w0 / Q */
+      var a = w * w - w0 * w0, b = -w * w0 / Q, d = a * a + b * b, c = A * w0 * w0;
+      var nr = c * Math.cos(phi), ni = c * Math.sin(phi);
+      return [(nr * a + ni * b) / d, (ni * a - nr * b) / d];
+    });
+  }
+
+  function drawSho() {
+    if (!S || !shoStep) { return; }
+    var si = Math.min(S.sub_grid[0] - 1, Math.round(selected.r / S.every));
+    var sj = Math.min(S.sub_grid[1] - 1, Math.round(selected.c / S.every));
+    var k = si * S.sub_grid[1] + sj, step = +shoStep.value, nf = S.n_freq, start = (k * nSteps + step) * nf;
+    var re = decode(S.re, start, nf), im = decode(S.im, start, nf), p = {};
+    ["amplitude", "resonance", "quality_factor", "phase"].forEach(function (v) {
+      p[v] = S.params[v].values[k * nSteps + step];
+    });
+    var phi = S.phase_units === "rad" ? p.phase : p.phase * Math.PI / 180;
+    var f = S.freq_khz, fine = [], n = 8 * (nf - 1) + 1;
+    for (var i = 0; i < n; i++) { fine.push(f[0] + (f[nf - 1] - f[0]) * i / (n - 1)); }
+    var ok = [p.amplitude, p.resonance, p.quality_factor, phi].every(function (x) { return isFinite(x); });
+    var model = ok ? shoModel(p.amplitude, p.resonance, p.quality_factor, phi, fine) : [];
+    var mAmp = model.map(function (z) { return Math.hypot(z[0], z[1]); });
+    var mPh = model.map(function (z) { return Math.atan2(z[1], z[0]) * 180 / Math.PI; });
+    var amp = re.map(function (x, i) { return (x === null || im[i] === null) ? null : Math.hypot(x, im[i]); });
+    var ph = re.map(function (x, i) { return (x === null || im[i] === null) ? null : Math.atan2(im[i], x) * 180 / Math.PI; });
+    /* no jump of 360 degrees between the fit and the measurement at the same frequency */
+    var ref = ph.filter(function (v) { return v !== null; });
+    var mid = ref.length ? ref[Math.floor(ref.length / 2)] : 0;
+    mPh = mPh.map(function (v) { return v + 360 * Math.round((mid - v) / 360); });
+    var fitName = ok ? "SHO fit" : "SHO fit (no value)";
+    plot(document.getElementById("ss-sho-amp"), [
+      {name: "measured", variable: "spectrum", values: amp, color: "#999999", width: 1.2},
+      {name: "fit", variable: fitName, values: mAmp, xs: fine, color: "#d62728", width: 1.6}], f, {xunit: "kHz"});
+    plot(document.getElementById("ss-sho-phase"), [
+      {name: "measured", variable: "spectrum", values: ph, color: "#999999", width: 1.2},
+      {name: "fit", variable: fitName, values: mPh, xs: fine, color: "#d62728", width: 1.6}], f, {xunit: "kHz"});
+    var box = document.getElementById("ss-sho-value");
+    var row = S.rows_idx[si], col = S.cols_idx[sj];
+    box.textContent = "pixel row " + row + ", col " + col + ", step " + (step + 1) + "/" + nSteps + " (" +
+      fmt(D.voltage[step], 3) + " V): A = " + fmt(p.amplitude, 4) + ", w0 = " + fmt(p.resonance, 6) +
+      " kHz, Q = " + fmt(p.quality_factor, 4) + ", phi = " + fmt(p.phase, 4) + " " + S.phase_units;
+    var holder = document.getElementById("ss-sho");
+    holder.setAttribute("data-row", row); holder.setAttribute("data-col", col); holder.setAttribute("data-step", step);
   }
 
   function onMapClick(ev) {
@@ -303,9 +363,13 @@
       cubeStep.addEventListener("input", drawCube);
       cubeStep.addEventListener("change", drawCube);
     }
+    if (shoStep) {
+      shoStep.addEventListener("input", drawSho);
+      shoStep.addEventListener("change", drawSho);
+    }
     var csv = document.getElementById("ss-csv");
     if (csv) { csv.addEventListener("click", downloadCsv); }
-    if (D.panels.length || D.maps.length) { showPixel(); }
+    if (D.panels.length || D.maps.length || S) { showPixel(); }
     if (genChannel && D.generated.length) {
       genChannel.addEventListener("change", function () { fillNeurons(); showGen(); });
       genNeuron.addEventListener("change", showGen);
@@ -318,6 +382,10 @@
 
   var blocks = D.maps.concat(D.generated);
   for (var p = 0; p < D.panels.length; p++) { blocks = blocks.concat(D.panels[p].series); }
+  if (D.sho) {
+    blocks = blocks.concat([D.sho.re, D.sho.im]);
+    for (var v in D.sho.params) { if (Object.prototype.hasOwnProperty.call(D.sho.params, v)) { blocks.push(D.sho.params[v]); } }
+  }
   Promise.all(blocks.map(unpack)).then(start, function (err) {
     document.body.setAttribute("data-explorer-error", String(err));
   });

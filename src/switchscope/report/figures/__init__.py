@@ -1,6 +1,6 @@
 """Every figure and movie of the report, drawn from the results (``results.nc`` and ``models/``).
 
-One module per stage (``clean``, ``loops``, ``decomposition``, ``autoencoder``, ``interpret``),
+One module per stage (``sho``, ``clean``, ``loops``, ``decomposition``, ``autoencoder``, ``interpret``),
 each with ``draw(ds, figdir, *, run_dir=None, moviedir=None, fps=4.0)`` returning the files it
 wrote as ``(section, path)`` pairs (the page section each belongs to), registered in
 :data:`DRAWERS` under the stage's name. Stages compute; only this package draws, so
@@ -14,7 +14,7 @@ from typing import Callable
 
 import xarray as xr
 
-from . import autoencoder, clean, decomposition, interpret, loops
+from . import autoencoder, clean, decomposition, interpret, loops, sho
 from ._common import plot_maps
 from .movies import write_movie
 
@@ -22,6 +22,7 @@ Drawer = Callable[..., list[tuple[str, Path]]]
 
 #: Stage name -> drawer, in the order of a run (and of the page).
 DRAWERS: dict[str, Drawer] = {
+    "sho": sho.draw,
     "clean": clean.draw,
     "loops": loops.draw,
     "decomposition": decomposition.draw,
