@@ -338,6 +338,12 @@ def test_preflight_refuses_a_ramp_before_any_stage(tmp_path):
     with pytest.raises(DataError, match="not a bipolar triangle: a ramp from -10 V to 10 V"):
         run(ds, tmp_path / "o", stages=["loops"], progress=False, log=logs.append)
     assert not any("[1/" in m for m in logs)
+    # two cycles back to back on the step axis become a cycle dim, and loops see their mean
     two = make_dataset(3, 3, 0, n_cycles=2)
+    out = run(two, tmp_path / "o2", stages=["clean", "loops"], progress=False, log=logs.append)
+    assert out.sizes["step"] == 96 and out.attrs["selection"] == "cycle=mean (default) of 2"
+    # without the selection (a Dataset handed to preflight as is) loops refuse several cycles
+    from switchscope.pipeline import preflight
+
     with pytest.raises(DataError, match="holds 2 cycles of 96 steps"):
-        run(two, tmp_path / "o2", stages=["clean", "loops"], progress=False, log=logs.append)
+        preflight(two, ["clean", "loops"], {}, explicit=True)
