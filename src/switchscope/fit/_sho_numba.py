@@ -39,6 +39,16 @@ def _isfin(x):
     return math.isfinite(x)
 
 
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def _recip(a, b):
+    """``1 / (a + ib)``: ``(a - ib) / (a^2 + b^2)``, with Smith's scaled division where
+    ``a^2 + b^2`` overflows or underflows (guess pairs far off the band)."""
+    den = a * a + b * b
+    if den > 1e-290 and den < 1e290:
+        return complex(a / den, -b / den)
+    return 1.0 / complex(a, b)
+
+
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _cost(t0, x0, t2, ph, u, fc, hw, y, fin):
     """``sum over finite bins |H - y|^2`` in internal coordinates (``_cost`` of sho.py)."""
@@ -53,7 +63,7 @@ def _cost(t0, x0, t2, ph, u, fc, hw, y, fin):
             continue
         d = (u[k] - x0) * c
         rho = d + 1.0
-        E = 1.0 / complex(d * (d + 2.0), -rho * Qi)
+        E = _recip(d * (d + 2.0), -rho * Qi)
         r = E * K - y[k]
         s += r.real * r.real + r.imag * r.imag
     return s
@@ -77,7 +87,7 @@ def _normal(q, u, fc, hw, y, fin, A, g):
         d = (u[k] - x0) * c
         rho = d + 1.0
         rc = rho * c
-        E = 1.0 / complex(d * (d + 2.0), -rho * Qi)
+        E = _recip(d * (d + 2.0), -rho * Qi)
         H = E * K
         J0 = H
         J1 = (H * E) * complex(2.0 * rho * rc, -rc * Qi)
@@ -129,10 +139,12 @@ def _clip_internal(A, w0, Q, ph, fc, hw, qlo, qhi, out):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _complex_plane_guess(y, fin, f, u, fc, hw, top, pk, pd, psq, pe, pok, qtmp):
+def _complex_plane_guess(y, fin, f, u, fc, hw, mag, top, pk, pd, psq, pe, pok, qtmp):
     """BGlib's complex-plane estimate (``_complex_plane_guess`` of sho.py) for one spectrum:
-    physical ``(A, w0, Q, phi)`` and whether it is usable."""
+    physical ``(A, w0, Q, phi)`` and whether it is usable. ``mag`` is scratch (m,)."""
     m = y.shape[0]
+    for i in range(m):
+        mag[i] = abs(y[i]) if fin[i] else -1.0
     kk = min(_GUESS_POINTS, m)
     # the kk bins of largest |H| (non-finite bins count as -1), first index on ties
     for j in range(kk):
@@ -144,7 +156,7 @@ def _complex_plane_guess(y, fin, f, u, fc, hw, top, pk, pd, psq, pe, pok, qtmp):
                     taken = True
             if taken:
                 continue
-            v = abs(y[i]) if fin[i] else -1.0
+            v = mag[i]
             if v > best:
                 best, bi = v, i
         top[j] = bi
@@ -423,6 +435,7 @@ def fit_block(y, f, qlo, qhi, method, max_iter, ftol, xtol, edge_tol,
     for blk in prange(nblocks):
         yn = np.empty(m, np.complex128)
         fin = np.empty(m, np.bool_)
+        mag = np.empty(m)
         top = np.empty(_GUESS_POINTS, np.int64)
         npairs = _GUESS_POINTS * (_GUESS_POINTS - 1) // 2
         pk = np.empty(npairs, np.complex128)
@@ -476,7 +489,7 @@ def fit_block(y, f, qlo, qhi, method, max_iter, ftol, xtol, edge_tol,
             # guesses (_guess of sho.py)
             cc = math.inf
             if method != 2:
-                Ac, wc, Qc, phc, good = _complex_plane_guess(yn, fin, f, u, fc, hw, top, pk,
+                Ac, wc, Qc, phc, good = _complex_plane_guess(yn, fin, f, u, fc, hw, mag, top, pk,
                                                              pd, psq, pe, pok, q)
                 _clip_internal(Ac, wc, Qc, phc, fc, hw, qlo, qhi, qc)
                 if good:
