@@ -260,3 +260,25 @@ def test_cycles_back_to_back_on_the_step_axis_become_a_cycle_dim():
     mean = apply_selection(ds)
     np.testing.assert_allclose(mean["piezoresponse"].values, arr.reshape(2, 3, 3, 24).mean(axis=2))
     assert mean.attrs["selection"] == "cycle=mean (default) of 3"
+
+
+@pytest.mark.parametrize("spec", [{}, {"field": "in-field"}, {"cycle": 2}, {"field": "in-field", "cycle": "mean"}])
+@pytest.mark.parametrize("position_order", ["YX", "XY"])
+def test_selection_while_reading_equals_selection_after(tmp_path, spec, position_order):
+    """load(select=...) reduces block by block what apply_selection reduces after a full read."""
+    from switchscope.io.usid_write import make_usid_example
+
+    path = tmp_path / "sel.h5"
+    make_usid_example(path, rows=5, cols=4, n_steps=24, n_fields=2, n_cycles=3, n_freq=6, spectra=True,
+                      artifacts=True, position_order=position_order)
+    for group in (None, "Raw_Data"):
+        after = apply_selection(load(path, group=group), spec)
+        during = apply_selection(load(path, group=group, select=spec), spec)
+        assert during.attrs["selection"] == after.attrs["selection"]
+        assert set(during.data_vars) == set(after.data_vars)
+        for name in after.data_vars:
+            assert during[name].dims == after[name].dims, name
+            np.testing.assert_allclose(during[name].values, after[name].values, rtol=1e-12, atol=1e-12,
+                                       equal_nan=True, err_msg=name)
+    with pytest.raises(DataError, match="has 3 cycle"):
+        load(path, select={"cycle": 4})

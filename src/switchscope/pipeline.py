@@ -122,7 +122,7 @@ def load_data(data: xr.Dataset | str | Path | None, configs: Mapping[str, StageC
 
     if "group" in select:
         options["group"] = select["group"]
-    return apply_selection(load(data, **options), select)
+    return apply_selection(load(data, select=select, **options), select)
 
 
 def stage_config_synthetic(configs: Mapping[str, StageConfig]) -> StageConfig:

@@ -22,6 +22,7 @@ report).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -90,46 +91,70 @@ def _check_value(key: str, value: Any) -> Any:
     return value.strip()
 
 
+@dataclass(frozen=True)
+class Choice:
+    """What a selection takes from data with these fields and cycles (see :func:`resolve`)."""
+
+    field: str | None  # the field kept (None: no field dim)
+    cycle: int | str | None  # a cycle number from 1, "mean", or None (no cycle dim)
+    text: list[str]  # the parts of ``attrs["selection"]``
+
+
+def resolve(select: Mapping[str, Any], fields: list[str] | None, n_cycles: int | None, *,
+            single_field: str | None = None, source: str = "the data") -> Choice:
+    """Decide what ``select`` takes from data holding ``fields`` (None: no field dim; the one
+    field measured is ``single_field``) and ``n_cycles`` (None: no cycle dim), with the defaults
+    where it is silent; a selection naming a field or cycle the data lacks is a :class:`DataError`."""
+    src = printable(source, 80)
+    made: list[str] = []
+    field = cycle = None
+    if fields is not None:
+        field = select.get("field") or (DEFAULT_FIELD if DEFAULT_FIELD in fields else fields[0])
+        if field not in fields:
+            raise DataError(f"select field={field} but {src} holds only {', '.join(fields)}; select one of those")
+        made.append(f"field={field}" + ("" if "field" in select else " (default)"))
+    elif "field" in select:
+        if single_field is None:
+            raise DataError(f"select field={select['field']} but {src} has no field dimension; drop the selection")
+        if single_field != select["field"]:
+            raise DataError(f"select field={select['field']} but {src} was measured {single_field} only; "
+                            "drop the selection")
+    if n_cycles is not None:
+        cycle = select.get("cycle", DEFAULT_CYCLE)
+        if cycle != "mean" and cycle > n_cycles:
+            raise DataError(f"select cycle={cycle} but {src} has {n_cycles} cycle(s); select 1..{n_cycles} or mean")
+        made.append(f"cycle={cycle}" + ("" if "cycle" in select else " (default)") + f" of {n_cycles}")
+    elif select.get("cycle") not in (None, "mean", 1):
+        raise DataError(f"select cycle={select['cycle']} but {src} has one cycle; drop the selection")
+    if "group" in select:
+        made.insert(0, f"group={select['group']}")
+    return Choice(field=field, cycle=cycle, text=made)
+
+
 def apply_selection(ds: xr.Dataset, select: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Reduce the ``field`` and ``cycle`` dims of ``ds`` as ``select`` says (defaults where silent).
 
     Returns the Dataset with dims ``(row, col, step[, freq])`` and ``attrs["selection"]`` saying
     what was taken; a selection that names a field or cycle the data lacks is a
-    :class:`DataError` listing what it has.
+    :class:`DataError` listing what it has. Data a reader has already reduced (``load(...,
+    select=...)``) keeps the selection it records.
     """
     select = dict(select or {})
     ds = split_step_cycles(ds.copy())  # shallow copy: the caller's attrs stay as they were
-    made: list[str] = []
-    src = printable(ds.attrs.get("source", "the data"), 80)
-    if "field" in ds.dims:
-        have = [str(v) for v in ds["field"].values]
-        want = select.get("field") or (DEFAULT_FIELD if DEFAULT_FIELD in have else have[0])
-        if want not in have:
-            raise DataError(f"select field={want} but {src} holds only {', '.join(have)}; select one of those")
-        ds = ds.sel(field=want, drop=True)
-        made.append(f"field={want}" + ("" if "field" in select else " (default)"))
-        ds.attrs["fields_available"] = ", ".join(have)
-    elif "field" in select:
-        have = ds.attrs.get("field")
-        if have is not None and have != select["field"]:
-            raise DataError(f"select field={select['field']} but {src} was measured {have} only; drop the selection")
-        if have is None:
-            raise DataError(f"select field={select['field']} but {src} has no field dimension; drop the selection")
-    if "cycle" in ds.dims:
-        n = int(ds.sizes["cycle"])
-        want = select.get("cycle", DEFAULT_CYCLE)
-        if want == "mean":
-            ds = _mean_cycles(ds)
-        else:
-            if want > n:
-                raise DataError(f"select cycle={want} but {src} has {n} cycle(s); select 1..{n} or mean")
-            ds = ds.isel(cycle=want - 1, drop=True)
-        made.append(f"cycle={want}" + ("" if "cycle" in select else " (default)") + f" of {n}")
-    elif select.get("cycle") not in (None, "mean", 1):
-        raise DataError(f"select cycle={select['cycle']} but {src} has one cycle; drop the selection")
-    if "group" in select:
-        made.insert(0, f"group={select['group']}")
-    ds.attrs["selection"] = ", ".join(made) if made else "all (one field, one cycle)"
+    fields = [str(v) for v in ds["field"].values] if "field" in ds.dims else None
+    n_cycles = int(ds.sizes["cycle"]) if "cycle" in ds.dims else None
+    if fields is None and n_cycles is None and ds.attrs.get("selection"):
+        return ds  # selected while reading
+    choice = resolve(select, fields, n_cycles, single_field=ds.attrs.get("field"),
+                     source=str(ds.attrs.get("source", "the data")))
+    if choice.field is not None:
+        ds = ds.sel(field=choice.field, drop=True)
+        ds.attrs["fields_available"] = ", ".join(fields or [])
+    if choice.cycle == "mean":
+        ds = _mean_cycles(ds)
+    elif choice.cycle is not None:
+        ds = ds.isel(cycle=int(choice.cycle) - 1, drop=True)
+    ds.attrs["selection"] = ", ".join(choice.text) if choice.text else "all (one field, one cycle)"
     return ds
 
 
@@ -181,5 +206,5 @@ def describe_selection(ds: xr.Dataset) -> str:
     return "; ".join(parts) or "one field, one cycle: nothing to select"
 
 
-__all__ = ["DEFAULT_CYCLE", "DEFAULT_FIELD", "FIELDS", "KEYS", "apply_selection", "describe_selection",
+__all__ = ["Choice", "resolve", "DEFAULT_CYCLE", "DEFAULT_FIELD", "FIELDS", "KEYS", "apply_selection", "describe_selection",
            "parse_select"]

@@ -76,7 +76,8 @@ def _why_none(path: Path, head: bytes) -> str:
 
 def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | None = None,
          grid: tuple[int, int] | None = None, normalized: bool = False,
-         keys: Mapping[str, str] | None = None, group: str | None = None) -> xr.Dataset:
+         keys: Mapping[str, str] | None = None, group: str | None = None,
+         select: Any = None) -> xr.Dataset:
     """Read a BEPS measurement (or saved results) into a switchscope Dataset.
 
     The format is decided from the file's bytes, never from its suffix alone: MATLAB v5/v7 and
@@ -105,6 +106,11 @@ def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | N
     group : str, optional
         USID files: the measurement or result group to read (e.g. ``Measurement_001``,
         ``Raw_Data-SHO_Fit_000``, ``Raw_Data``); default the newest.
+    select : str, list or mapping, optional
+        A selection of field and cycle (:func:`switchscope.select.parse_select`; ``{}`` for the
+        defaults) made while reading, so that only the selected arrays are held in memory (USID);
+        other formats are read whole (:func:`switchscope.select.apply_selection` reduces them).
+        None (default): every field and cycle.
 
     Returns
     -------
@@ -121,6 +127,10 @@ def load(path: PathLike, *, channel: str | None = None, voltage: VoltageLike | N
     reader = find_reader(path)
     given = {"channel": channel, "voltage": voltage, "grid": grid,
              "normalized": normalized or None, "keys": keys, "group": group}
+    if select is not None and "select" in reader.options:
+        from ..select import parse_select
+
+        given["select"] = parse_select(select)
     options: dict[str, Any] = {}
     for name, value in given.items():
         if value is None:

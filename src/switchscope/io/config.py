@@ -182,7 +182,7 @@ def load_data(config: DataConfig) -> xr.Dataset:
     parts = []
     for e in entries:
         ds = load(e.path, channel=e.channel, voltage=parse_voltage(e.voltage), grid=parse_grid(e.grid),
-                  normalized=e.normalized, keys=e.keys, **_group_for(e.path, group))
+                  normalized=e.normalized, keys=e.keys, select=select, **_group_for(e.path, group))
         parts.append(apply_selection(ds, select))
     return merge(parts)
 

@@ -26,6 +26,7 @@ datasets, so field names are looked up in the enclosing groups. A file with one 
 from __future__ import annotations
 
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -435,14 +436,18 @@ def _file_order(order: np.ndarray, sizes: tuple[int, ...]) -> tuple[tuple[int, .
 
 
 def _read(ds: Any, ax: Axes, fields: list[str] | None = None, dtype: Any = np.float64,
-          scales: list[float] | None = None) -> list[np.ndarray]:
+          scales: list[float] | None = None, keep: Keep | None = None) -> list[np.ndarray]:
     """The dataset (or each compound field, times its scale) on ``(row, col, *dims)``.
 
     Read in blocks of positions into one reused buffer; each field of a block goes straight into
     its preallocated output, reordered, cast and scaled in one pass (a strided view where the
     spectral columns are a transposition of the output dims, as in every BGlib file; a gather
-    otherwise). Positions stored in grid order are written as slices.
+    otherwise). Positions stored in grid order are written as slices. With ``keep``, the field
+    and cycle dims are reduced block by block (one field, one cycle or their NaN-skipping mean),
+    so only the selected arrays are ever held in memory.
     """
+    if keep is not None and (keep.field is not None or keep.cycle is not None):
+        return _read_reduced(ds, ax, fields, dtype, scales, keep)
     n_pixels = ax.rows * ax.cols
     n_cells = int(np.prod(ax.sizes))
     shape = (ax.rows, ax.cols, *ax.sizes)
@@ -480,6 +485,44 @@ def _read(ds: Any, ax: Axes, fields: list[str] | None = None, dtype: Any = np.fl
     return [o.reshape(shape) for o in outs]
 
 
+def _read_reduced(ds: Any, ax: Axes, fields: list[str] | None, dtype: Any, scales: list[float] | None,
+                  keep: Keep) -> list[np.ndarray]:
+    """:func:`_read` with the field and cycle dims reduced as ``keep`` says, block by block."""
+    import warnings
+
+    out_ax = _reduced(ax, keep)
+    n_pixels = ax.rows * ax.cols
+    n_keep = int(np.prod(out_ax.sizes))
+    names: list[str | None] = list(fields) if fields else [None]
+    scales = list(scales) if scales else [1.0] * len(names)
+    outs = [np.empty((n_pixels, n_keep), dtype=dtype) for _ in names]
+    n_pos = ds.shape[0]
+    per = max(1, min(n_pos, BLOCK_BYTES // max(1, ds.dtype.itemsize * ds.shape[1])))
+    buf = np.empty((per, ds.shape[1]), dtype=ds.dtype)
+    for start in range(0, n_pos, per):
+        stop = min(start + per, n_pos)
+        nb = stop - start
+        block = buf[:nb]
+        ds.read_direct(block, np.s_[start:stop], np.s_[0:nb])
+        where = ax.pixel[start:stop]
+        for out, name, scale in zip(outs, names, scales):
+            part = block if name is None else block[name]
+            vals = np.take(part, ax.order, axis=1).reshape(nb, *ax.sizes).astype(dtype, copy=False)
+            if keep.field is not None:
+                vals = np.take(vals, keep.field, axis=1 + ax.dims.index("field"))
+            if keep.cycle == "mean":
+                with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a step NaN in every cycle stays NaN
+                    vals = np.nanmean(vals, axis=1 + ax.dims.index("cycle"))
+            elif keep.cycle is not None:
+                vals = np.take(vals, int(keep.cycle), axis=1 + ax.dims.index("cycle"))
+            vals = vals.reshape(nb, n_keep)
+            if scale != 1.0:
+                vals = vals * np.asarray(scale, dtype=dtype)
+            out[where] = vals
+    return [o.reshape(ax.rows, ax.cols, *out_ax.sizes) for o in outs]
+
+
 # -- the reader ----------------------------------------------------------------------------------
 class USIDReader(Reader):
     """USID HDF5 from pycroscopy (BGlib's BEPS translators, SHO fitter and loop fitter).
@@ -492,7 +535,7 @@ class USIDReader(Reader):
 
     name = "usid"
     description = "USID HDF5 (pycroscopy/BGlib)"
-    options = frozenset({"channel", "voltage", "normalized", "group"})
+    options = frozenset({"channel", "voltage", "normalized", "group", "select"})
 
     def guess_can_open(self, path: PathLike) -> bool:
         if hdf5_offset(read_head(path)) != 0:
@@ -537,49 +580,85 @@ class USIDReader(Reader):
                               f"({oneline(exc)}); copy or save it again") from None
 
     def _open(self, path: PathLike, *, channel: str | None = None, voltage: Any = None, normalized: bool = False,
-             group: str | None = None) -> xr.Dataset:
+              group: str | None = None, select: dict[str, Any] | None = None) -> xr.Dataset:
         import h5py
 
         fname = Path(path).name
         with h5py.File(path, "r") as f:
             p = plan(f, group)
+            attrs = _file_attrs(f, p, fname)
             raw = f[p.raw] if p.raw else None
             data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {}
-            ax: Axes | None = None
+            main = f[p.sho] if p.sho else raw
+            assert main is not None
+            ax = axes(f, main, [raw] if raw is not None and p.sho else [])
+            keep = _choice(ax, select, attrs)
+            out_ax = _reduced(ax, keep)
+            dims = ("row", "col", *out_ax.dims)
             if p.sho:
-                fit = f[p.sho]
-                ax = axes(f, fit, [raw] if raw is not None else [])
-                data_vars.update(_sho_vars(fit, ax, fname))
+                data_vars.update(_sho_vars(main, ax, fname, keep))
                 if p.loops:
                     loops = f[p.loops]
                     lax = axes(f, loops, [raw] if raw is not None else [])
                     if (lax.dims, lax.sizes) != (ax.dims, ax.sizes):
-                        raise DataError(f"'{fname}': {printable(p.loops, 120)} and {printable(p.sho, 120)} have different "
-                                        "steps; the file is damaged")
+                        raise DataError(f"'{fname}': {printable(p.loops, 120)} and {printable(p.sho, 120)} have "
+                                        "different steps; the file is damaged")
                     if loops.dtype.kind == "c":
                         raise DataError(f"'{fname}': {printable(p.loops, 120)} holds complex numbers; a loop channel "
                                         "must be real (project the loops first)")
                     if loops.dtype.names:
                         raise DataError(f"'{fname}': {printable(p.loops, 120)} is a compound dataset; projected "
                                         "loops are one real number per step")
-                    (arr,) = _read(loops, lax)
+                    (arr,) = _read(loops, lax, keep=keep)
                     # BGlib copies the SHO Fit's attributes (units 'compound'); the loops are in V
                     units = (_texts(loops.attrs.get("units")) or ["V"])[0]
-                    data_vars["piezoresponse"] = (("row", "col", *lax.dims), arr,
-                                                  {"units": "V" if units in ("compound", "") else units})
+                    data_vars["piezoresponse"] = (dims, arr, {"units": "V" if units in ("compound", "") else units})
             else:
-                assert raw is not None
-                ax = axes(f, raw, [])
                 if "freq" not in ax.dims:
                     raise DataError(f"'{fname}': Raw_Data has no Frequency dimension; it is not band-excitation data")
-                if raw.dtype.kind != "c":
-                    raise DataError(f"'{fname}': Raw_Data holds {raw.dtype} values; band-excitation spectra are complex")
-                (arr,) = _read(raw, ax, dtype=np.complex64)
-                data_vars["spectrum"] = (("row", "col", *ax.dims), arr, {"units": "V"})
-            attrs = _file_attrs(f, p, fname)
+                if main.dtype.kind != "c":
+                    raise DataError(f"'{fname}': Raw_Data holds {main.dtype} values; band-excitation spectra are complex")
+                (arr,) = _read(main, ax, dtype=np.complex64, keep=keep)
+                data_vars["spectrum"] = (dims, arr, {"units": "V"})
             truth = _truth(f, ax)
-        return _dataset(truth, data_vars, ax, attrs, channel=channel, voltage=voltage, normalized=normalized,
+        return _dataset(truth, data_vars, out_ax, attrs, channel=channel, voltage=voltage, normalized=normalized,
                         path=path)
+
+
+@dataclass(frozen=True)
+class Keep:
+    """What :func:`_read` keeps of the field and cycle dims: an index, ``"mean"``, or all (None)."""
+
+    field: int | None = None
+    cycle: int | str | None = None
+
+
+def _choice(ax: Axes, select: dict[str, Any] | None, attrs: dict[str, Any]) -> Keep | None:
+    """The selection to make while reading (None: read every field and cycle); records it in
+    ``attrs`` as :func:`switchscope.select.apply_selection` does."""
+    if select is None:
+        return None
+    from ..select import resolve
+
+    fields = list(ax.coords["field"]) if "field" in ax.dims else None
+    n_cycles = ax.sizes[ax.dims.index("cycle")] if "cycle" in ax.dims else None
+    choice = resolve(select, fields, n_cycles, single_field=attrs.get("field"), source=attrs["source"])
+    attrs["selection"] = ", ".join(choice.text) if choice.text else "all (one field, one cycle)"
+    if fields is not None:
+        attrs["fields_available"] = ", ".join(fields)
+    return Keep(field=None if choice.field is None else fields.index(choice.field),
+                cycle=None if choice.cycle is None else (choice.cycle if choice.cycle == "mean" else int(choice.cycle) - 1))
+
+
+def _reduced(ax: Axes, keep: Keep | None) -> Axes:
+    """``ax`` without the dims that ``keep`` reduces."""
+    if keep is None:
+        return ax
+    gone = {d for d, k in (("field", keep.field), ("cycle", keep.cycle)) if k is not None}
+    dims = tuple(d for d in ax.dims if d not in gone)
+    sizes = tuple(n for d, n in zip(ax.dims, ax.sizes) if d not in gone)
+    coords = {k: v for k, v in ax.coords.items() if k not in gone}
+    return dataclasses.replace(ax, dims=dims, sizes=sizes, coords=coords)
 
 
 def _has_main(f: Any) -> bool:
@@ -603,17 +682,19 @@ def _has_main(f: Any) -> bool:
     return False
 
 
-def _sho_vars(fit: Any, ax: Axes, fname: str) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]:
+def _sho_vars(fit: Any, ax: Axes, fname: str,
+              keep: Keep | None = None) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]:
     names = fit.dtype.names or ()
     missing = [k for k in SHO_FIELDS if k not in names]
     if missing:
         raise DataError(f"'{fname}': the SHO fit {printable(fit.name, 120)} lacks the field(s) "
                         f"{printable(', '.join(missing), 120)} (has {printable(', '.join(names) or 'none', 120)}); "
                         "it is not a BGlib SHO result")
-    arrays = _read(fit, ax, list(SHO_FIELDS), scales=[scale for _, scale, _ in SHO_FIELDS.values()])
+    arrays = _read(fit, ax, list(SHO_FIELDS), scales=[scale for _, scale, _ in SHO_FIELDS.values()], keep=keep)
     out = {}
+    dims = ("row", "col", *_reduced(ax, keep).dims)
     for (key, (var, scale, units)), arr in zip(SHO_FIELDS.items(), arrays):
-        out[var] = (("row", "col", *ax.dims), arr, {"units": units, "usid_field": key})
+        out[var] = (dims, arr, {"units": units, "usid_field": key})
     # an interrupted fit leaves pixels after ``last_pixel`` unwritten
     last = fit.parent.attrs.get("last_pixel")
     n_pos = fit.shape[0]
