@@ -144,9 +144,10 @@ def _complex_plane_guess(y, fin, f, u, fc, hw, mag, top, pk, pd, psq, pe, pok, q
     physical ``(A, w0, Q, phi)`` and whether it is usable. ``mag`` is scratch (m,)."""
     m = y.shape[0]
     for i in range(m):
-        mag[i] = abs(y[i]) if fin[i] else -1.0
+        mag[i] = y[i].real * y[i].real + y[i].imag * y[i].imag if fin[i] else -1.0
     kk = min(_GUESS_POINTS, m)
-    # the kk bins of largest |H| (non-finite bins count as -1), first index on ties
+    # the kk bins of largest |H| (|H|^2: the same order; non-finite bins count as -1), first
+    # index on ties
     for j in range(kk):
         best, bi = -math.inf, -1
         for i in range(m):
@@ -470,18 +471,21 @@ def fit_block(y, f, qlo, qhi, method, max_iter, ftol, xtol, edge_tol,
                 fin[k] = _isfin(v.real) and _isfin(v.imag)
                 if fin[k]:
                     nfin += 1
-                    s = max(s, abs(v))
+                    s = max(s, v.real * v.real + v.imag * v.imag)
                     mr += v.real
                     mi += v.imag
-            mean = complex(mr, mi) / max(nfin, 1)
+            # squared magnitudes (no hypot per bin): s to within an ulp of torch's max |y|
+            s = math.sqrt(s)
+            mr, mi = mr / max(nfin, 1), mi / max(nfin, 1)
             spread = 0.0
             for k in range(m):
                 if fin[k]:
-                    spread = max(spread, abs(y[i, k] - mean))
+                    dr, di = y[i, k].real - mr, y[i, k].imag - mi
+                    spread = max(spread, dr * dr + di * di)
             if nfin < 3:
                 status[i] = STATUS_TOO_FEW
                 continue
-            if spread <= 1e-12 * s:
+            if math.sqrt(spread) <= 1e-12 * s:
                 status[i] = STATUS_CONSTANT
                 continue
             for k in range(m):
