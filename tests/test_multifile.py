@@ -109,3 +109,37 @@ normalized = true
     ae = summary["autoencoder"]
     assert ae["piezoresponse"]["active_neuron_index"] == [1, 7, 11, 12, 15]
     assert ae["resonance"]["active_neuron_index"] == [4, 6, 11, 15]
+
+
+def test_array_options_apply_to_bare_arrays_only(pair, tmp_path, mat_path, capsys):
+    """--normalized (and --grid/--voltage) with several --data touch the .npy, never the .mat."""
+    _, pb, _, _ = pair
+    big = tmp_path / "res60.npy"
+    np.save(big, np.random.default_rng(0).normal(size=(3600, 96)))
+    out = tmp_path / "d.nc"
+    code, _, err = run_cli(capsys, "decompose", "--data", mat_path, "--data", f"resonance={big}", "--grid", "60x60",
+                           "--voltage", "paper", "--normalized", "--out", out)
+    assert code == 0, err
+    from switchscope.io import load
+
+    ds = load(out)
+    assert "normalized" not in ds["piezoresponse"].attrs and ds["resonance"].attrs["normalized"] == 1
+
+
+def test_toml_paths_are_relative_to_the_toml_and_cli_select_overrides_key_by_key(tmp_path, capsys, monkeypatch):
+    from switchscope.io.usid_write import make_usid_example
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    make_usid_example(folder / "film.h5", rows=4, cols=4, n_steps=32, n_fields=2, n_cycles=2, n_freq=4,
+                      spectra=False)
+    (folder / "sel.toml").write_text('[data]\npath = "film.h5"\nselect = { field = "in-field", cycle = 1 }\n')
+    monkeypatch.chdir(tmp_path)  # not the TOML's folder
+    code, _, err = run_cli(capsys, "run", "--config", folder / "sel.toml", "--select", "cycle=2", "--stages", "clean",
+                           "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["dataset"]["selection"] == "field=in-field, cycle=2 of 2"
+    code, _, err = run_cli(capsys, "run", "--config", folder / "sel.toml", "--select", "cycle=0", "--stages",
+                           "clean", "--out", tmp_path / "o2", "--no-progress")
+    one_line_error(code, err, "--select cycle must be a cycle number")

@@ -282,3 +282,26 @@ def test_selection_while_reading_equals_selection_after(tmp_path, spec, position
                                        equal_nan=True, err_msg=name)
     with pytest.raises(DataError, match="has 3 cycle"):
         load(path, select={"cycle": 4})
+
+
+def test_apply_selection_checks_its_selection(tmp_path):
+    from switchscope import ConfigError
+
+    path = tmp_path / "c.h5"
+    write(path, n_cycles=2, n_steps=12)
+    ds = load(path)
+    for bad in ({"cycle": 0}, {"cycle": -1}, {"bogus": 1}, "cycle=x"):
+        with pytest.raises(ConfigError):
+            apply_selection(ds, bad)
+    assert apply_selection(ds, {"field": "out", "cycle": "2"}).attrs["selection"] == "field=out-of-field, cycle=2 of 2"
+
+
+def test_groups_list_raw_data_only_when_present(tmp_path):
+    from switchscope.io.usid_write import make_usid_example
+
+    path = tmp_path / "fit.h5"
+    make_usid_example(path, rows=3, cols=3, n_steps=16, n_fields=1, n_cycles=1, spectra=False)
+    ds = load(path)
+    assert "Raw_Data" not in ds.attrs["usid_groups"].split(", ")
+    with pytest.raises(DataError, match="is not in"):
+        load(path, group="Raw_Data")

@@ -63,16 +63,22 @@ def _data_entry(text: str) -> tuple[str | None, str]:
 def _data_config(args: argparse.Namespace, configs: dict[str, StageConfig]) -> None:
     """``--data`` (repeatable, ``CHANNEL=PATH``) and ``--select`` into ``configs["data"]``."""
     from .io import DataConfig, find_reader
+    from .select import parse_select
 
     given = getattr(args, "data", None) or []
-    select = getattr(args, "select", None) or None
     base = configs.get("data")
+    select = getattr(base, "select", None)
+    if getattr(args, "select", None):
+        try:
+            cli = parse_select(args.select)
+        except ConfigError as exc:
+            raise ConfigError(f"--{exc}") from None
+        select = {**parse_select(select), **cli}  # the command line overrides the config key by key
     if not given:
         if select is not None:
             configs["data"] = (base or DataConfig()).replace(select=select)
         return
     array = {"voltage": args.voltage, "grid": args.grid, "normalized": bool(args.normalized) or False}
-    select = select if select is not None else getattr(base, "select", None)
     entries = [_data_entry(text) for text in given]
     if len(entries) == 1:
         channel, path = entries[0]
@@ -85,8 +91,8 @@ def _data_config(args: argparse.Namespace, configs: dict[str, StageConfig]) -> N
         entry: dict[str, Any] = {"path": path}
         if channel:
             entry["channel"] = channel
-        # the array options (--grid, --voltage, --normalized) are for the files that need them
-        if "grid" in find_reader(path).options:
+        # the array options (--grid, --voltage, --normalized) are for the bare arrays, which need them
+        if find_reader(path).name in ("npy", "npz"):
             entry.update({k: v for k, v in array.items() if v})
         files.append(entry)
     configs["data"] = DataConfig(files=files, select=select)
@@ -109,6 +115,8 @@ def _configs(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | No
         for section, values in read_config_file(args.config).items():
             if not isinstance(values, dict):
                 raise ConfigError(f"config section [{section}] must be a table of options")
+            if section == "data":
+                values = _paths_from(Path(args.config).parent, values)
             raw.setdefault(section, {}).update(values)
     for section, values in (overrides or {}).items():
         values = {k: v for k, v in values.items() if v is not None}
@@ -116,6 +124,27 @@ def _configs(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | No
             raw.setdefault(section, {}).update(values)
     _import_stage_modules()
     return configs_from_mapping(raw)
+
+
+def _paths_from(folder: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """``[data]`` file paths of a TOML file are relative to the file's folder (as in every config
+    format that names files), not to where the command runs."""
+    def fix(entry: Any) -> Any:
+        if not isinstance(entry, dict):
+            return entry
+        entry = dict(entry)
+        for key in ("path", "voltage"):
+            value = entry.get(key)
+            if isinstance(value, str) and value != "paper" and "," not in value and not Path(value).is_absolute():
+                candidate = folder / value
+                if key == "path" or candidate.is_file():
+                    entry[key] = str(candidate)
+        return entry
+
+    values = fix(values)
+    if isinstance(values.get("files"), list):
+        values["files"] = [fix(e) for e in values["files"]]
+    return values
 
 
 def _import_stage_modules() -> None:
@@ -221,13 +250,16 @@ def _one_stage_command(args: argparse.Namespace, section: str, apply, overrides=
     """Load ``--data``, apply one stage's function with its config, save to ``--out``."""
     from ._dataset import check_values
     from .io import save
-
     from .io.config import data_paths, load_data
+    from .sho_stage import needs_sho
 
     configs = _configs(args, {section: overrides or {}})
     _data_config(args, configs)
     out = check_output_file(args.out, args.force, inputs=data_paths(configs.get("data")))
     ds = load_data(configs["data"])
+    if needs_sho(ds):
+        raise DataError(f"{printable(ds.attrs.get('source', 'the data'))} holds raw spectra only; fit them first: "
+                        "switchscope run --data FILE --select group=Raw_Data --stages sho,project,clean,loops")
     check_values(ds)
     ds = apply(ds, configs.get(section) or STAGE_CONFIGS[section]())
     save(ds, out, overwrite=args.force)

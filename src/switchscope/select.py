@@ -80,7 +80,7 @@ def _check_value(key: str, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() == "mean":
             return "mean"
         try:
-            n = int(str(value).strip()) if not isinstance(value, bool) else None
+            n = None if isinstance(value, bool) else int(str(value).strip())
         except ValueError:
             n = None
         if n is None or n < 1 or str(n) != str(value).strip():
@@ -131,15 +131,16 @@ def resolve(select: Mapping[str, Any], fields: list[str] | None, n_cycles: int |
     return Choice(field=field, cycle=cycle, text=made)
 
 
-def apply_selection(ds: xr.Dataset, select: Mapping[str, Any] | None = None) -> xr.Dataset:
+def apply_selection(ds: xr.Dataset, select: Any = None) -> xr.Dataset:
     """Reduce the ``field`` and ``cycle`` dims of ``ds`` as ``select`` says (defaults where silent).
 
-    Returns the Dataset with dims ``(row, col, step[, freq])`` and ``attrs["selection"]`` saying
-    what was taken; a selection that names a field or cycle the data lacks is a
+    ``select`` is anything :func:`parse_select` takes (``"cycle=2"``, a list, a mapping), checked
+    by it. Returns the Dataset with dims ``(row, col, step[, freq])`` and ``attrs["selection"]``
+    saying what was taken; a selection that names a field or cycle the data lacks is a
     :class:`DataError` listing what it has. Data a reader has already reduced (``load(...,
     select=...)``) keeps the selection it records.
     """
-    select = dict(select or {})
+    select = parse_select(select)
     ds = split_step_cycles(ds.copy())  # shallow copy: the caller's attrs stay as they were
     fields = [str(v) for v in ds["field"].values] if "field" in ds.dims else None
     n_cycles = int(ds.sizes["cycle"]) if "cycle" in ds.dims else None

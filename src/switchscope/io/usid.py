@@ -229,7 +229,8 @@ def plan(f: Any, group: str | None = None) -> Plan:
         p.channel = p.raw.rsplit("/", 1)[0] if p.raw else (p.sho or "").rsplit("/", 2)[0]
     groups = sorted({path.strip("/").rsplit("/", 1)[0] for p in options for path in (p.sho, p.loops) if path}
                     | {p.channel.strip("/").split("/")[0] for p in options})
-    groups.append("Raw_Data")
+    if any(p.raw for p in options):
+        groups.append("Raw_Data")
     if group is None:
         found = options
     else:
@@ -612,7 +613,8 @@ class USIDReader(Reader):
                     (arr,) = _read(loops, lax, keep=keep)
                     # BGlib copies the SHO Fit's attributes (units 'compound'); the loops are in V
                     units = (_texts(loops.attrs.get("units")) or ["V"])[0]
-                    data_vars["piezoresponse"] = (dims, arr, {"units": "V" if units in ("compound", "") else units})
+                    units = "V" if units in ("compound", "") else printable(units, 40)
+                    data_vars["piezoresponse"] = (dims, arr, {"units": units})
             else:
                 if "freq" not in ax.dims:
                     raise DataError(f"'{fname}': Raw_Data has no Frequency dimension; it is not band-excitation data")

@@ -756,7 +756,8 @@ def _shift_along_waveform(arr: np.ndarray, voltage: np.ndarray, dv: float) -> np
                 out[..., i] = arr[..., ids[k]]
                 continue
             t = (x - vs[k]) / (vs[k + 1] - vs[k])
-            out[..., i] = (1 - t) * arr[..., ids[k]] + t * arr[..., ids[k + 1]]
+            with np.errstate(invalid="ignore", over="ignore"):  # Inf artifacts (t = 0 or 1) stay non-finite
+                out[..., i] = (1 - t) * arr[..., ids[k]] + t * arr[..., ids[k + 1]]
         start = stop
     return out
 
