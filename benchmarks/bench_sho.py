@@ -1,13 +1,16 @@
 """Benchmark of the batched SHO fit (:func:`switchscope.sho.fit_sho`).
 
 1. Against one ``scipy.optimize.least_squares`` call per spectrum (trf, analytic Jacobian, same
-   model, same guess, same bounds) in one process: spectra/s of both and agreement of R².
+   model, same guess, same bounds) in one process: spectra/s of both and agreement of R², for the
+   numba CPU kernel (the default on CPU) and the batched torch path (``backend="torch"``).
+   Throughput is steady state, after a warm-up call; the numba kernel's first-call compile (empty
+   cache) and its load from the on-disk cache are timed separately, each in a fresh process.
 2. Throughput and peak memory on synthetic BEPS spectra of growing size, up to the
    128 x 128 pixels x 96 steps x 2 fields = 3,145,728 spectra x 64 bins of a full scan; each
    size runs in a fresh process so that its peak RSS (``ru_maxrss``) is its own. The spectra are
    held as complex64 (1.6 GB for the full scan), as a reader of float32 raw data gives them.
 
-    python benchmarks/bench_sho.py                    # everything (~10 min on 2 cores)
+    python benchmarks/bench_sho.py                    # everything (~5 min on 2 cores)
     python benchmarks/bench_sho.py --sizes 100000     # quick
     python benchmarks/bench_sho.py --dtype float64
 
@@ -90,6 +93,25 @@ def scipy_fit(y: np.ndarray, p0: np.ndarray) -> np.ndarray:
     return out
 
 
+def compile_time() -> dict:
+    """Seconds of the first ``fit_sho`` call (2 spectra) in a fresh process: with an empty numba
+    cache (compile), then again with the cache it left (load)."""
+    import tempfile
+
+    code = ("import time, numpy as np; t = time.perf_counter(); "
+            "from switchscope.sho import fit_sho, sho_response; "
+            "f = np.linspace(1.3e6, 1.34e6, 64); y = sho_response(f, [1e-3] * 2, 1.32e6, 200., 0.); "
+            "t1 = time.perf_counter(); fit_sho(y, f); print(time.perf_counter() - t1)")
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NUMBA_CACHE_DIR=d)
+        for key in ("first_call_compile_s", "first_call_cached_s"):
+            p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, check=True)
+            out[key] = round(float(p.stdout.strip().splitlines()[-1]), 2)
+    return out
+
+
 def run_size(n: int, dtype: str) -> dict:
     """One size in this process: generation, then the timed fit (after a small warm-up)."""
     dt = getattr(torch, dtype)
@@ -103,7 +125,7 @@ def run_size(n: int, dtype: str) -> dict:
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     p = res.params.reshape(-1, 4)
     rel = np.abs(p / truth - 1)
-    return {"n_spectra": n, "dtype": dtype, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+    return {"n_spectra": n, "backend": "numba", "dtype": dtype, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "spectra_per_s": round(n / wall), "spectra_per_cpu_s": round(n / cpu),
             "peak_rss_mb": round(peak_rss_mb()), "rss_after_data_mb": round(rss_data),
             "input_mb": round(y.nbytes / 2**20), "mean_iterations": round(float(res.n_iter.mean()), 2),
@@ -115,26 +137,31 @@ def run_size(n: int, dtype: str) -> dict:
             "median_phase_err_deg": float(np.degrees(np.nanmedian(np.abs(np.angle(np.exp(1j * (p[:, 3] - truth[:, 3])))))))}
 
 
-def compare_scipy(n_scipy: int, n_batched: int, dtype: str) -> dict:
+def compare_scipy(n_scipy: int, n_batched: int, dtype: str, backend: str) -> dict:
+    """``n_batched`` spectra batched against scipy on the first ``n_scipy`` of them: three runs
+    of each, interleaved so that both see the same machine load, best of three of each (wall
+    clock), and the CPU seconds of those runs (steadier on a loaded machine)."""
     dt = getattr(torch, dtype)
     y, _ = spectra(n_batched, seed=2)
     y64 = y.astype(np.complex128)
-    fit_sho(y[:2048], FREQ, dtype=dt)
-    best = np.inf
-    for _ in range(3):
-        t = time.perf_counter()
-        res = fit_sho(y, FREQ, dtype=dt)
-        best = min(best, time.perf_counter() - t)
+    fit_sho(y[:2048], FREQ, dtype=dt, backend=backend)
     ys = y64[:n_scipy]
-    t = time.perf_counter()
-    p0 = sho_guess(ys, FREQ)
-    ref = scipy_fit(ys, p0)
-    t_scipy = time.perf_counter() - t
+    best_b = best_s = (np.inf, np.inf)
+    for _ in range(3):
+        t, c = time.perf_counter(), time.process_time()
+        res = fit_sho(y, FREQ, dtype=dt, backend=backend)
+        best_b = min(best_b, (time.perf_counter() - t, time.process_time() - c))
+        t, c = time.perf_counter(), time.process_time()
+        ref = scipy_fit(ys, sho_guess(ys, FREQ))
+        best_s = min(best_s, (time.perf_counter() - t, time.process_time() - c))
     d = res.r2[:n_scipy] - r2_of(ys, ref)
-    rate_b, rate_s = n_batched / best, n_scipy / t_scipy
-    return {"dtype": dtype, "n_batched": n_batched, "n_scipy": n_scipy,
+    rate_b, rate_s = n_batched / best_b[0], n_scipy / best_s[0]
+    cpu_b, cpu_s = n_batched / best_b[1], n_scipy / best_s[1]
+    return {"backend": backend, "dtype": dtype, "n_batched": n_batched, "n_scipy": n_scipy,
             "batched_spectra_per_s": round(rate_b), "scipy_spectra_per_s": round(rate_s, 1),
             "speedup": round(rate_b / rate_s, 1),
+            "batched_spectra_per_cpu_s": round(cpu_b), "scipy_spectra_per_cpu_s": round(cpu_s, 1),
+            "speedup_per_cpu_s": round(cpu_b / cpu_s, 1),
             "r2_within_1e-3_fraction": float(np.mean(np.abs(d) <= 1e-3)),
             "r2_diff_median": float(np.median(d)), "r2_diff_min": float(d.min()),
             "r2_diff_max": float(d.max())}
@@ -150,15 +177,22 @@ def main() -> None:
     if args.one_size:
         print(json.dumps(run_size(args.one_size, args.dtype)))
         return
+    import numba
+
     out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "numba_threads": numba.get_num_threads(),
                        "platform": platform.platform(), "torch": torch.__version__,
-                       "load_avg_start": os.getloadavg()},
+                       "numba": numba.__version__, "load_avg_start": os.getloadavg()},
            "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
            "spectra": {"n_freq": M, "band_hz": [FREQ[0], FREQ[-1]], "noise": "5 % of A*Q per bin"}}
+    out["numba_compile"] = compile_time()
+    print("numba compile", out["numba_compile"], flush=True)
     res = {}
-    for dtype in ("float64", "float32"):
-        res[dtype] = compare_scipy(args.scipy, 65536, dtype)
-        print("scipy comparison", res[dtype], flush=True)
+    for backend in ("numba", "torch"):
+        for dtype in ("float64", "float32"):
+            key = dtype if backend == "numba" else f"torch_{dtype}"
+            res[key] = compare_scipy(args.scipy, 65536, dtype, backend)
+            print("scipy comparison", res[key], flush=True)
     out["vs_scipy"] = res
     sizes = []
     for n in args.sizes:
