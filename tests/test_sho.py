@@ -414,3 +414,34 @@ def test_fit_then_project_end_to_end():
     proj = project_loops(res.amplitude, res.phase, v, phase_units="rad")
     np.testing.assert_allclose(proj.piezoresponse, P * 1e-3, atol=1e-9)
     np.testing.assert_allclose(proj.angle, 0.4, atol=1e-9)
+
+
+def test_projection_keeps_the_finite_steps_of_a_loop_with_a_failed_step():
+    """One NaN step (a failed SHO fit) leaves that step NaN, not the whole loop."""
+    from switchscope.sho import project_loops
+
+    rng = np.random.default_rng(5)
+    v = np.concatenate([np.linspace(10, -10, 20), np.linspace(-10, 10, 20)])
+    loop = np.tanh((v - np.where(np.arange(40) < 20, -3, 3)) / 2)
+    angle = 0.7
+    z = (loop + 0.01 * rng.normal(size=(4, 40))) * np.exp(1j * angle) + 0.2 * np.exp(1j * (angle + np.pi / 2))
+    clean = project_loops(np.abs(z), np.angle(z), v, phase_units="rad")
+    z_nan = z.copy()
+    z_nan[:, 7] = np.nan
+    got = project_loops(np.abs(z_nan), np.angle(z_nan), v, phase_units="rad")
+    assert np.isnan(got.piezoresponse[:, 7]).all()
+    keep = np.arange(40) != 7
+    assert np.isfinite(got.piezoresponse[:, keep]).all()
+    np.testing.assert_allclose(got.piezoresponse[:, keep], clean.piezoresponse[:, keep], atol=0.02)
+    np.testing.assert_allclose(np.abs(got.angle), np.abs(clean.angle), atol=0.02)
+
+
+def test_fit_sho_warnings_point_at_the_caller():
+    import warnings
+
+    from switchscope.sho import fit_sho
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_sho(np.zeros((2, 8), complex), np.linspace(1.0, 2.0, 8))
+    assert caught and all(w.filename == __file__ for w in caught)

@@ -90,3 +90,17 @@ def test_bad_sho_options(options, message):
     with pytest.raises(ConfigError) as info:
         SHOConfig(**options)
     assert message in str(info.value)
+
+
+def test_raw_film_with_artifacts_runs(tmp_path, capsys):
+    """NaN/Inf artifacts in some spectra: those steps are flagged, the loops keep their other steps."""
+    path = tmp_path / "art.h5"
+    code, _, err = run_cli(capsys, "synth", "--format", "usid", "--spectra", "--fields", "2", "--cycles", "2",
+                           "--rows", "8", "--cols", "8", "--out", path)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "run", "--data", path, "--select", "group=Raw_Data", "--stages",
+                           "sho,project,clean,loops", "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    ds = load(tmp_path / "o" / "results.nc")
+    assert np.isfinite(ds["piezoresponse_clean"].values).all()
+    assert (ds["sho_status"].values >= 3).any()  # the artifacts were flagged, not hidden

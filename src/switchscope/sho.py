@@ -832,15 +832,16 @@ def _quality(q, u, fc, hw, yn, fin, wt):
 
 
 def _warn(status: np.ndarray, max_iter: int) -> None:
+    # stacklevel 4: past _warn, fit_sho and its inference_mode wrapper, to the caller's line
     n3, n4, n6 = (int((status == k).sum()) for k in (STATUS_TOO_FEW, STATUS_CONSTANT, STATUS_BOUND))
     if n3 or n4 or n6:
         warnings.warn(f"{n3} spectra with fewer than 3 finite bins and {n4} constant spectra were "
                       f"not fitted (status 3, 4; NaN), {n6} ended with w0 on a band edge or Q on a "
-                      "bound (status 6: no resonance in the band)", DataWarning, stacklevel=3)
+                      "bound (status 6: no resonance in the band)", DataWarning, stacklevel=4)
     n2, n5 = int((status == STATUS_MAXITER).sum()), int((status == STATUS_NONFINITE).sum())
     if n2 or n5:
         warnings.warn(f"{n2} spectra stopped at max_iter={max_iter} (status 2) and {n5} failed "
-                      "(status 5)", ConvergenceWarning, stacklevel=3)
+                      "(status 5)", ConvergenceWarning, stacklevel=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -945,24 +946,31 @@ def project_loops(amplitude: Any, phase: Any, voltage: Any, *,
     if method == "cos":
         return ProjectionResult(z.real, np.zeros(lead), np.zeros(lead), method)
     with np.errstate(invalid="ignore", divide="ignore"):
-        x, y = z.real, z.imag
-        zm = z.mean(-1, keepdims=True)
-        dv = v - v.mean()
-        dx, dy = x - zm.real, y - zm.imag
-        n = v.size
-        cvv = (dv * dv).sum() / n
+        # statistics over each loop's finite steps: a failed fit at one step leaves that step NaN
+        ok = np.isfinite(z)
+        n = ok.sum(-1)
+        vb = np.broadcast_to(v, z.shape)
+        zm = np.where(ok, z, 0).sum(-1) / n
+        vm = np.where(ok, vb, 0.0).sum(-1) / n
+        dv = np.where(ok, vb - vm[..., None], 0.0)
+        dx = np.where(ok, z.real - zm.real[..., None], 0.0)
+        dy = np.where(ok, z.imag - zm.imag[..., None], 0.0)
+        cvv = (dv * dv).sum(-1) / n
         cxv, cyv = (dx * dv).sum(-1) / n, (dy * dv).sum(-1) / n
-        cxx, cyy, cxy = (dx * dx).mean(-1), (dy * dy).mean(-1), (dx * dy).mean(-1)
-        if cvv > 0:
-            cxx, cyy, cxy = cxx - cxv**2 / cvv, cyy - cyv**2 / cvv, cxy - cxv * cyv / cvv
+        cxx, cyy, cxy = (dx * dx).sum(-1) / n, (dy * dy).sum(-1) / n, (dx * dy).sum(-1) / n
+        has_v = cvv > 0
+        cxx = np.where(has_v, cxx - cxv**2 / cvv, cxx)
+        cyy = np.where(has_v, cyy - cyv**2 / cvv, cyy)
+        cxy = np.where(has_v, cxy - cxv * cyv / cvv, cxy)
         alpha = 0.5 * np.arctan2(2.0 * cxy, cxx - cyy)      # principal axis of the 2 x 2 matrix
         along = np.exp(1j * alpha)
-        zc = zm[..., 0]
         # signed distance of the axis (through the mean) from the origin, across the axis
-        across = (zc * np.conj(along)).imag
+        across = (zm * np.conj(along)).imag
         pr = (z * np.conj(along)[..., None]).real
-        area = (v[:-1] * pr[..., 1:] - v[1:] * pr[..., :-1]).sum(-1)
+        area = np.nansum(v[:-1] * pr[..., 1:] - v[1:] * pr[..., :-1], axis=-1)
         flip = area < 0
         pr = np.where(flip[..., None], -pr, pr)
         alpha = _wrap(np.where(flip, alpha + np.pi, alpha))
+        bad = n < 2  # no axis from fewer than two points
+        alpha, across = np.where(bad, np.nan, alpha), np.where(bad, np.nan, across)
     return ProjectionResult(pr, alpha, np.abs(across), method)
