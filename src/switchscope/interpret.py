@@ -448,16 +448,120 @@ def _to_units(curves: np.ndarray, pixels: np.ndarray, ds: xr.Dataset, channel: s
     the typical loop of those pixels. Curves of a globally normalized network are returned as they
     are (their decoder already works in units).
     """
-    emb = ds[f"embedding_{channel}"]
-    if str(emb.attrs.get("normalization", "")) != "pixel":
+    if channel.startswith("joint_"):  # one channel of the joint network: its own statistics
+        emb, suffix = ds["embedding_joint"], "_" + channel.removeprefix("joint_")
+    else:
+        emb, suffix = ds[f"embedding_{channel}"], ""
+    if str(emb.attrs.get(f"normalization{suffix}", "")) != "pixel":
         return curves
-    mean, std = (ds[str(emb.attrs[f"norm_{k}_variable"])].transpose("row", "col").values.ravel()
+    mean, std = (ds[str(emb.attrs[f"norm_{k}_variable{suffix}"])].transpose("row", "col").values.ravel()
                  for k in ("mean", "std"))
     ok = (pixels >= 0).all(axis=-1)
     safe = np.where(pixels >= 0, pixels, 0)
     scale = np.where(ok, std[safe].mean(axis=-1), np.nan)[..., None]
     shift = np.where(ok, mean[safe].mean(axis=-1), np.nan)[..., None]
     return curves * scale + shift
+
+
+def _mechanism_labels(Z: np.ndarray, act: np.ndarray, ds: xr.Dataset, ch: str, new: dict[str, xr.DataArray],
+                      info: dict[str, Any]) -> None:
+    """``mechanism_truth_<ch>`` (with truth maps) and ``mechanism_cluster_*_<ch>`` (with
+    ``cluster_divisive``) of the embedding ``Z`` (n_pixels, n_neurons) into ``new``; the best
+    truth per active neuron and the most separating neuron into ``info``."""
+    truths = {t.removeprefix("truth_"): ds[t].values for t in TRUTH_MAPS
+              if t in ds and ds[t].dims == ("row", "col")}
+    if truths:
+        rho, _ = truth_correlations(Z, truths)
+        new[f"mechanism_truth_{ch}"] = xr.DataArray(
+            rho, dims=("neuron", "truth"), coords={"truth": list(truths)},
+            attrs={"long_name": f"Spearman rank correlation of {ch} neurons with ground truth"})
+        best = {}
+        for j in np.flatnonzero(act):
+            if np.isfinite(rho[j]).any():
+                t = int(np.nanargmax(np.abs(rho[j])))
+                best[str(j)] = {"truth": list(truths)[t], "rho": round(float(rho[j, t]), 4)}
+        info["best_truth"] = best
+    if "cluster_divisive" in ds:
+        sep = cluster_separation(Z, ds["cluster_divisive"].values)
+        new[f"mechanism_cluster_eta2_{ch}"] = xr.DataArray(
+            sep["eta2"], dims=("neuron",), attrs={"long_name": "eta squared vs cluster_divisive"})
+        new[f"mechanism_cluster_f_{ch}"] = xr.DataArray(
+            sep["f"], dims=("neuron",), attrs={"long_name": "ANOVA F vs cluster_divisive"})
+        if np.isfinite(sep["eta2"]).any():
+            info["most_separating_neuron"] = int(np.nanargmax(sep["eta2"]))
+            info["max_cluster_eta2"] = round(float(np.nanmax(sep["eta2"])), 4)
+
+
+def load_joint_decoder(ds: xr.Dataset, ctx: RunContext) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]] | None:
+    """The channels and decoder of the joint network saved in ``models/joint``.
+
+    ``decode(Z)`` maps ``(n, n_neurons)`` to ``(n, n_steps, n_channels)``: each channel in its
+    units (global normalization) or normalized (per-pixel normalization: scale with
+    :func:`_to_units`). None without ``embedding_joint`` or a saved network.
+    """
+    import shutil
+
+    emb = ds.get("embedding_joint")
+    if emb is None or "channels" not in emb.attrs:
+        return None
+    channels = str(emb.attrs["channels"]).split()
+    for folder in ctx.models_dirs():
+        d = Path(folder) / "joint"
+        if (d / "config.json").is_file():
+            break
+    else:
+        return None
+    own = Path(ctx.workdir) / "models" / "joint"
+    if d.resolve() != own.resolve():
+        own.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(d, own, dirs_exist_ok=True)
+    from .autoencoder import Autoencoder
+
+    decode_n = Autoencoder.load(d).decode
+    shift, scale = np.zeros(len(channels)), np.ones(len(channels))
+    for k, c in enumerate(channels):
+        if str(emb.attrs.get(f"normalization_{c}", "")) != "pixel":
+            shift[k] = float(np.ravel(emb.attrs[f"norm_mean_{c}"])[0])
+            scale[k] = float(np.ravel(emb.attrs[f"norm_std_{c}"])[0])
+
+    def decode(Z: np.ndarray) -> np.ndarray:
+        out = np.asarray(decode_n(np.asarray(Z, dtype=np.float64)), dtype=np.float64)
+        return out * scale + shift
+
+    return channels, decode
+
+
+def _interpret_joint(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext, new: dict[str, xr.DataArray],
+                     summary: dict[str, Any]) -> None:
+    """The generator of the joint network: each active joint neuron swept as for one channel, the
+    codes decoded once into every channel (``generated_joint_<channel>``, one shared
+    ``generated_joint_pixels``), and its mechanism labels (``mechanism_*_joint``)."""
+    Z = _embedding_2d(ds["embedding_joint"].transpose("row", "col", ...).values)
+    act = active_neurons(Z)
+    info: dict[str, Any] = {"active_neurons": [int(i) for i in np.flatnonzero(act)]}
+    loaded = load_joint_decoder(ds, ctx)
+    if loaded is None:
+        warnings.warn("no saved joint network (models/joint of the run or of the input's folder); its generated "
+                      "loops are skipped", DataWarning, stacklevel=3)
+    elif act.any():
+        channels, decode = loaded
+        n_use = pixels_per_level(config.n_pixels, int(np.isfinite(Z).all(axis=1).sum()))
+        info.update(n_pixels_used=n_use, channels=channels)
+        # every channel's curve of a code side by side, so one generator call decodes them all
+        gen = generate(lambda codes: decode(codes).transpose(0, 2, 1).reshape(len(codes), -1), Z,
+                       n_pixels=n_use, n_levels=config.n_levels, value_range=config.range)
+        parts = gen.curves.reshape(*gen.curves.shape[:2], len(channels), -1)
+        for k, c in enumerate(channels):
+            curves = _to_units(parts[:, :, k], gen.pixels, ds, f"joint_{c}")
+            units = ds[f"{c}_clean"].attrs.get("units", CHANNELS.get(c, "")) if f"{c}_clean" in ds else CHANNELS.get(c, "")
+            new[f"generated_joint_{c}"] = _generated_var(
+                f"generated_joint_{c}", curves, gen.levels,
+                {"units": units, "n_pixels": n_use, "long_name": f"{c} generated by sweeping one joint neuron"})
+        new["generated_joint_pixels"] = xr.DataArray(
+            gen.pixels, dims=("neuron", "level", "generator_pixel"),
+            attrs={"long_name": "flat (row-major) indices of the pixels averaged at each level"})
+    _mechanism_labels(Z, act, ds, "joint", new, info)
+    summary["joint"] = info
 
 
 def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) -> xr.Dataset:
@@ -472,7 +576,10 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
     ``generated_<channel>_level`` (neuron, level), ``generated_<channel>_pixels`` (neuron, level,
     generator_pixel), ``generated_piezoresponse_from_resonance`` (neuron, level, step),
     ``mechanism_truth_<channel>`` (neuron, truth) Spearman rho, ``mechanism_cluster_eta2_<channel>``
-    and ``mechanism_cluster_f_<channel>`` (neuron).
+    and ``mechanism_cluster_f_<channel>`` (neuron). With ``embedding_joint`` (the joint network of
+    ``[autoencoder] joint = true``, saved in ``models/joint``) also ``generated_joint_<channel>``
+    for each of its channels (the same sweep of one joint neuron decoded into every channel),
+    ``generated_joint_pixels`` and ``mechanism_*_joint``; summary under ``"joint"``.
     """
     new: dict[str, xr.DataArray] = {}
     summary: dict[str, Any] = {"n_pixels": config.n_pixels, "n_levels": config.n_levels, "channels": {}}
@@ -504,28 +611,7 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
                 gen.pixels, dims=("neuron", "level", "generator_pixel"),
                 attrs={"long_name": "flat (row-major) indices of the pixels averaged at each level"})
             pixels_of[ch] = gen.pixels
-        truths = {t.removeprefix("truth_"): ds[t].values for t in TRUTH_MAPS
-                  if t in ds and ds[t].dims == ("row", "col")}
-        if truths:
-            rho, _ = truth_correlations(Z, truths)
-            new[f"mechanism_truth_{ch}"] = xr.DataArray(
-                rho, dims=("neuron", "truth"), coords={"truth": list(truths)},
-                attrs={"long_name": f"Spearman rank correlation of {ch} neurons with ground truth"})
-            best = {}
-            for j in np.flatnonzero(act):
-                if np.isfinite(rho[j]).any():
-                    t = int(np.nanargmax(np.abs(rho[j])))
-                    best[str(j)] = {"truth": list(truths)[t], "rho": round(float(rho[j, t]), 4)}
-            info["best_truth"] = best
-        if "cluster_divisive" in ds:
-            sep = cluster_separation(Z, ds["cluster_divisive"].values)
-            new[f"mechanism_cluster_eta2_{ch}"] = xr.DataArray(
-                sep["eta2"], dims=("neuron",), attrs={"long_name": "eta squared vs cluster_divisive"})
-            new[f"mechanism_cluster_f_{ch}"] = xr.DataArray(
-                sep["f"], dims=("neuron",), attrs={"long_name": "ANOVA F vs cluster_divisive"})
-            if np.isfinite(sep["eta2"]).any():
-                info["most_separating_neuron"] = int(np.nanargmax(sep["eta2"]))
-                info["max_cluster_eta2"] = round(float(np.nanmax(sep["eta2"])), 4)
+        _mechanism_labels(Z, act, ds, ch, new, info)
         summary["channels"][ch] = info
 
     decode_p = load_decoder("piezoresponse", ds, ctx) if (
@@ -540,6 +626,9 @@ def interpret_stage(ds: xr.Dataset, config: InterpretConfig, ctx: RunContext) ->
             new["generated_resonance"]["generated_resonance_level"].values,
             {"units": units, "long_name": "piezoresponse of the pixels selected by the resonance generator"})
         summary["cross_channel"] = True
+
+    if "embedding_joint" in ds:
+        _interpret_joint(ds, config, ctx, new, summary)
 
     out = ds.assign(new)
     ctx.summary["interpret"] = summary

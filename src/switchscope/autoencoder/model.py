@@ -9,6 +9,12 @@ Architecture (the paper's, DESIGN section 2.5), with sizes as arguments::
     -> depth x [bidirectional LSTM(hidden per direction) -> dropout]
     -> per-step linear(1)                               = the reconstruction (batch, steps)
 
+With ``n_channels > 1`` (the joint multichannel network, not the paper's) the input is
+``(batch, steps, n_channels)``: every step carries one value per channel, one encoder reads them
+together into one embedding, and the per-step linear layer outputs ``n_channels`` values, so the
+reconstruction is ``(batch, steps, n_channels)``. With ``n_channels = 1`` the layers and their
+weight names are exactly the single-channel network's.
+
 With ``hidden=64, depth=4, n_neurons=16`` this is the published network: Keras counts 670,929
 parameters; torch counts 674,737 trainable ones (two LSTM biases per gate, +4,096; batch-norm
 moving statistics kept as buffers, -288).
@@ -60,17 +66,18 @@ class _BiLSTMStack(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Loops ``(batch, steps)`` -> embedding ``(batch, n_neurons)`` (ReLU output, >= 0)."""
+    """Loops ``(batch, steps)`` (or ``(batch, steps, n_channels)``) -> embedding ``(batch, n_neurons)``
+    (ReLU output, >= 0)."""
 
     def __init__(self, hidden: int, depth: int, n_neurons: int, dropout: float,
-                 bn_momentum: float = BN_MOMENTUM) -> None:
+                 bn_momentum: float = BN_MOMENTUM, n_channels: int = 1) -> None:
         super().__init__()
-        self.rnn = _BiLSTMStack(1, hidden, depth, dropout)
+        self.rnn = _BiLSTMStack(n_channels, hidden, depth, dropout)
         self.norm = nn.BatchNorm1d(2 * hidden, eps=BN_EPS, momentum=bn_momentum)
         self.dense = nn.Linear(2 * hidden, n_neurons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.rnn(x.unsqueeze(-1), last_only=True)
+        h = self.rnn(x.unsqueeze(-1) if x.dim() == 2 else x, last_only=True)
         return torch.relu(self.dense(self.norm(h)))
 
 
@@ -99,7 +106,8 @@ def phase_features(n_steps: int, n_harmonics: int, *, device: torch.device | Non
 
 
 class Decoder(nn.Module):
-    """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)``.
+    """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)`` (``(batch, n_steps, n_channels)``
+    with ``n_channels > 1``).
 
     With ``n_phase > 0`` each step's input is the repeated embedding joined with
     :func:`phase_features` of that step (``2 * n_phase`` values), so the recurrent layers need not
@@ -108,12 +116,13 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, hidden: int, depth: int, n_neurons: int, dropout: float,
-                 bn_momentum: float = BN_MOMENTUM, n_phase: int = 0) -> None:
+                 bn_momentum: float = BN_MOMENTUM, n_phase: int = 0, n_channels: int = 1) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(n_neurons, eps=BN_EPS, momentum=bn_momentum)
         self.rnn = _BiLSTMStack(n_neurons + 2 * n_phase, hidden, depth, dropout)
-        self.out = nn.Linear(2 * hidden, 1)
+        self.out = nn.Linear(2 * hidden, n_channels)
         self.n_phase = n_phase
+        self.n_channels = n_channels
 
     def forward(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
         z = self.norm(z)
@@ -121,7 +130,8 @@ class Decoder(nn.Module):
         if self.n_phase:
             pos = phase_features(n_steps, self.n_phase, device=z.device, dtype=z.dtype)
             seq = torch.cat([seq, pos.unsqueeze(0).expand(z.shape[0], -1, -1)], dim=2)
-        return self.out(self.rnn(seq)).squeeze(-1)
+        out = self.out(self.rnn(seq))
+        return out.squeeze(-1) if self.n_channels == 1 else out
 
 
 class SparseLSTMAutoencoder(nn.Module):
@@ -142,6 +152,9 @@ class SparseLSTMAutoencoder(nn.Module):
     n_phase : int
         Harmonics of the waveform phase given to the decoder with the embedding (paper: 0; see
         :class:`Decoder`).
+    n_channels : int
+        Values per step, read together and each reconstructed (1: the paper's single-channel
+        network, loops ``(batch, steps)``; more: the joint network, ``(batch, steps, n_channels)``).
 
     Examples
     --------
@@ -151,11 +164,12 @@ class SparseLSTMAutoencoder(nn.Module):
     """
 
     def __init__(self, hidden: int = 64, depth: int = 4, n_neurons: int = 16, dropout: float = 0.2,
-                 bn_momentum: float = BN_MOMENTUM, n_phase: int = 0) -> None:
+                 bn_momentum: float = BN_MOMENTUM, n_phase: int = 0, n_channels: int = 1) -> None:
         super().__init__()
-        self.encoder = Encoder(hidden, depth, n_neurons, dropout, bn_momentum)
-        self.decoder = Decoder(hidden, depth, n_neurons, dropout, bn_momentum, n_phase)
-        # Optional mean loop (steps,) subtracted before the encoder and added after the decoder;
+        self.n_channels = int(n_channels)
+        self.encoder = Encoder(hidden, depth, n_neurons, dropout, bn_momentum, self.n_channels)
+        self.decoder = Decoder(hidden, depth, n_neurons, dropout, bn_momentum, n_phase, self.n_channels)
+        # Optional mean loop (steps,) or (steps, n_channels) subtracted before the encoder and added after the decoder;
         # empty = none (the paper's network). A buffer, so checkpoints carry it.
         self.register_buffer("offset", torch.zeros(0))
 
@@ -167,20 +181,20 @@ class SparseLSTMAutoencoder(nn.Module):
     def _offset(self, n_steps: int) -> torch.Tensor | None:
         if self.offset.numel() == 0:
             return None
-        if self.offset.numel() != n_steps:
+        if self.offset.shape[0] != n_steps:
             from .._errors import DataError
 
-            raise DataError(f"this network works around a mean loop of {self.offset.numel()} steps and cannot "
-                            f"take {n_steps}; give loops of {self.offset.numel()} steps (or fit with center=False)")
+            raise DataError(f"this network works around a mean loop of {self.offset.shape[0]} steps and cannot "
+                            f"take {n_steps}; give loops of {self.offset.shape[0]} steps (or fit with center=False)")
         return self.offset
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (batch, steps)`` -> embedding ``(batch, n_neurons)``."""
+        """``x (batch, steps)`` or ``(batch, steps, n_channels)`` -> embedding ``(batch, n_neurons)``."""
         off = self._offset(x.shape[1])
         return self.encoder(x if off is None else x - off)
 
     def decode(self, z: torch.Tensor, n_steps: int) -> torch.Tensor:
-        """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)``."""
+        """Embedding ``(batch, n_neurons)`` -> loops ``(batch, n_steps)`` (or ``(.., n_channels)``)."""
         off = self._offset(n_steps)
         out = self.decoder(z, n_steps)
         return out if off is None else out + off

@@ -21,6 +21,20 @@ and a note in the report when the network is not clearly better than the mean lo
 published networks, a ``config.json`` that names them); the interpretation stage loads its
 decoder from there, with the normalization recorded in the embedding's attributes. The stage
 computes only: the report draws its figures from the results and ``models/``.
+
+With ``config.joint`` (``[autoencoder] joint = true``) and at least two of the channels present,
+one more network is trained on all of them at once (each step's input: one normalized value per
+channel, in the order of ``config.channels``), after the per-channel ones, and the stage adds:
+
+* ``embedding_joint`` (row, col, neuron), attrs ``channels`` (space-separated) and, per channel,
+  the normalization (``norm_mean_<channel>``, ``norm_std_<channel>`` or, per pixel,
+  ``norm_mean_variable_<channel>``, ``norm_std_variable_<channel>``);
+* ``reconstruction_joint_<channel>`` (row, col, step), in the units of the input;
+* ``embedding_history_joint`` on the shared ``checkpoint`` axis;
+
+``ctx.summary["autoencoder"]["joint"]`` (as a channel's, plus ``channels`` and ``mse_per_channel``:
+all pixels, normalized units) and the network in ``ctx.models/joint/``. The published networks
+have no joint twin: with ``--pretrained paper`` the joint network is still trained.
 """
 
 from __future__ import annotations
@@ -108,6 +122,7 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
                       "it added nothing (set [autoencoder] channels to ones the data has)", DataWarning, stacklevel=2)
         return out
     histories: dict[str, tuple[list, tuple[int, ...]]] = {}
+    normalized: dict[str, tuple[np.ndarray, NormStats, str]] = {}
     for channel in found:
         loaded = _loops(ds, channel)
         assert loaded is not None
@@ -115,6 +130,7 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
         st = _normalization(ds, name, X)
         mean, std = st.mean, st.std
         Xn = (X - mean) / std
+        normalized[channel] = (Xn, st, name)
         t0 = time.perf_counter()
         if ctx.pretrained == "paper" and channel in PAPER_L1:
             info, Z, R, hist, decode_n = _pretrained(channel, Xn, ctx)
@@ -151,8 +167,61 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
             attrs={"long_name": f"{channel} reconstructed by the autoencoder", "units": units,
                    "mse_normalized": info["mse_all"]})
         histories[channel] = (hist, grid)
+    if config.joint:
+        if len(normalized) < 2:
+            warnings.warn(f"[autoencoder] joint = true needs at least two channels, the data has "
+                          f"{', '.join(normalized)}; no joint network was trained", DataWarning, stacklevel=2)
+        else:
+            histories["joint"] = _joint(ds, out, normalized, grid, config, ctx, section)
     _add_histories(out, histories)
     return out
+
+
+def _joint(ds: xr.Dataset, out: xr.Dataset, normalized: dict[str, tuple[np.ndarray, NormStats, str]],
+           grid: tuple[int, ...], config: AutoencoderConfig, ctx: RunContext,
+           section: dict[str, Any]) -> tuple[list, tuple[int, ...]]:
+    """Train the joint network on the normalized channels stacked per step; add its variables to
+    ``out`` and its summary to ``section["joint"]``; return its training history."""
+    channels = list(normalized)
+    Xn = np.stack([normalized[c][0] for c in channels], axis=2)  # (n_pixels, n_steps, n_channels)
+    t0 = time.perf_counter()
+    info, Z, R, hist, _, (tr, ev) = _train("+".join(channels), Xn, config, ctx, folder="joint")
+    info["seconds"] = time.perf_counter() - t0
+    active = active_neurons(Z)
+    n_active = int(active.sum())
+    per_channel = {c: float(np.mean((R[..., k] - Xn[..., k]) ** 2)) for k, c in enumerate(channels)}
+    info.update(channels=channels, active_neurons=n_active, n_neurons=int(Z.shape[1]),
+                active_neuron_index=[int(i) for i in np.flatnonzero(active)],
+                mse_all=float(np.mean((R - Xn) ** 2)), mse_per_channel=per_channel,
+                variables=[normalized[c][2] for c in channels])
+    n = len(Xn)
+    info["baselines"] = _baselines(Xn.reshape(n, -1), R.reshape(n, -1), tr, ev, n_active, "joint")
+    if "warning" in info["baselines"]:
+        warnings.warn(info["baselines"]["warning"], DataWarning, stacklevel=3)
+    norm: dict[str, Any] = {}
+    for c in channels:
+        st = normalized[c][1]
+        if st.per_pixel:
+            norm.update({f"normalization_{c}": "pixel", f"norm_mean_variable_{c}": f"{c}_norm_mean",
+                         f"norm_std_variable_{c}": f"{c}_norm_std"})
+        else:
+            norm.update({f"normalization_{c}": str(ds[normalized[c][2]].attrs.get("normalization", "global")),
+                         f"norm_mean_{c}": float(st.mean),
+                         f"norm_std_{c}": float(st.std)})
+        norm[f"normalized_variable_{c}"] = normalized[c][2]
+    section["joint"] = info
+    out["embedding_joint"] = xr.DataArray(
+        unflatten(Z, grid), dims=("row", "col", "neuron"), coords={"neuron": np.arange(Z.shape[1])},
+        attrs={"long_name": f"joint ({' + '.join(channels)}) autoencoder embedding", "units": "1",
+               "active_threshold": 1e-6, "n_active": n_active, "source": info["source"],
+               "channels": " ".join(channels), **norm})
+    for k, c in enumerate(channels):
+        _, st, name = normalized[c]
+        out[f"reconstruction_joint_{c}"] = xr.DataArray(
+            unflatten(R[..., k] * st.std + st.mean, grid), dims=("row", "col", "step"),
+            attrs={"long_name": f"{c} reconstructed by the joint autoencoder",
+                   "units": ds[name].attrs.get("units", ""), "mse_normalized": per_channel[c]})
+    return hist, grid
 
 
 def _baselines(Xn: np.ndarray, R: np.ndarray, train: np.ndarray, evaluate: np.ndarray, n_active: int,
@@ -191,8 +260,8 @@ def _add_histories(out: xr.Dataset, histories: dict[str, tuple[list, tuple[int, 
                    "units": "1", "own_checkpoint_epochs": own.tolist()})
 
 
-def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext):
-    folder = ctx.models / channel
+def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext, folder: str | None = None):
+    folder = ctx.models / (folder or channel)
     ae = Autoencoder(config, channel=channel).fit(Xn, checkpoint_dir=folder, progress=ctx.progress)
     Z = ae.transform(Xn)
     R = ae.reconstruct(Xn)

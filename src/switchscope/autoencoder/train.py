@@ -136,6 +136,13 @@ class AutoencoderConfig(StageConfig):
         Learning rate of the refinement (None: ``lr / 10``).
     channels : tuple of str
         Channels the pipeline stage trains a network for (when present in the data).
+    joint : bool
+        Also train one joint network on all of ``channels`` present (at least two) at once: each
+        step's input holds one normalized value per channel, one sparse embedding encodes them
+        together and the decoder reconstructs every channel (``embedding_joint``,
+        ``reconstruction_joint_<channel>``, ``models/joint/``). Its L1 penalty is the strongest of
+        its channels' (:meth:`l1_for` of ``"piezoresponse+resonance"``). Off by default: the
+        per-channel networks are always trained, the joint one in addition.
     """
 
     hidden: int = 32
@@ -163,6 +170,7 @@ class AutoencoderConfig(StageConfig):
     refine_epochs: int = 5
     refine_lr: float | None = None
     channels: tuple[str, ...] = ("piezoresponse", "resonance")
+    joint: bool = False
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": dict(hidden=64, depth=4, n_neurons=16, dropout=0.2, n_phase=0, l1=None, l1_reduction="sum",
@@ -184,8 +192,9 @@ class AutoencoderConfig(StageConfig):
         self.check_number("l1_warmup", lo=0, hi=1)
         self.check_number("n_phase", lo=0, hi=48, integer=True)
         self.check_number("bn_momentum", lo=0, lo_open=True, hi=1)
-        if not isinstance(self.center, bool):
-            self._fail("center", "true or false", self.center)
+        for flag in ("center", "joint"):
+            if not isinstance(getattr(self, flag), bool):
+                self._fail(flag, "true or false", getattr(self, flag))
         self.check_number("lr", lo=0, lo_open=True, hi=1)
         self.check_number("max_seconds", lo=0, lo_open=True, hi=30 * 86400, optional=True)
         self.check_number("patience", lo=0, hi=1_000_000, integer=True)
@@ -232,9 +241,14 @@ class AutoencoderConfig(StageConfig):
         return float(self.l1_scale)
 
     def l1_for(self, channel: str | None) -> float:
-        """The activity penalty used for ``channel`` (see :attr:`l1`)."""
+        """The activity penalty used for ``channel`` (see :attr:`l1`).
+
+        A joint network's name ``"piezoresponse+resonance"`` gets the largest of its channels'.
+        """
         if self.l1 is not None:
             return float(self.l1)
+        if channel and "+" in channel:
+            return max(self.l1_for(c) for c in channel.split("+"))
         base = PAPER_L1.get(channel or "", DEFAULT_L1) * self.l1_scale_for(channel)
         return base * PAPER_BATCH if self.l1_reduction == "mean" else base
 
@@ -275,9 +289,9 @@ def _check_loops(X: Any, name: str = "X") -> tuple[np.ndarray, Any]:
         arr = np.asarray(X)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    if arr.ndim != 2:
-        raise DataError(f"{name} must have shape (n_pixels, n_steps), got {arr.shape}; "
-                        "flatten the grid with switchscope.flatten")
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and name == "Z"):
+        raise DataError(f"{name} must have shape (n_pixels, n_steps) (or (n_pixels, n_steps, n_channels) "
+                        f"for a joint network), got {arr.shape}; flatten the grid with switchscope.flatten")
     if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
     if arr.shape[0] < 1 or arr.shape[1] < 2:
@@ -428,6 +442,9 @@ class Autoencoder:
         The network (best checkpoint, then refined decoder), in eval mode.
     n_steps_ : int
         Sequence length seen in ``fit`` (default length of :meth:`decode`).
+    n_channels_ : int
+        Values per step seen in ``fit``: 1 for loops ``(n_pixels, n_steps)``, more for the joint
+        network fitted on ``(n_pixels, n_steps, n_channels)`` (every output then has that shape).
     history_ : list of dict
         One row per epoch: epoch, loss, mse, val_loss, val_mse, lr, seconds (also ``metrics.csv``).
     refine_history_ : list of dict
@@ -475,11 +492,22 @@ class Autoencoder:
         if not hasattr(self, "model_"):
             raise NotFittedError("this Autoencoder is not fitted yet; call fit(X) or Autoencoder.load(folder) first")
 
-    def _new_model(self, cfg: AutoencoderConfig) -> SparseLSTMAutoencoder:
+    def _new_model(self, cfg: AutoencoderConfig, n_channels: int = 1) -> SparseLSTMAutoencoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed())
             return SparseLSTMAutoencoder(cfg.hidden, cfg.depth, cfg.n_neurons, cfg.dropout, cfg.bn_momentum,
-                                         cfg.n_phase)
+                                         cfg.n_phase, n_channels)
+
+    def _check_input(self, X: Any) -> tuple[np.ndarray, Any]:
+        """``_check_loops`` plus: as many channels per step as the fitted network takes."""
+        arr, like = _check_loops(X)
+        have = arr.shape[2] if arr.ndim == 3 else 1
+        want = getattr(self.model_, "n_channels", 1)
+        if have != want:
+            shape = "(n_pixels, n_steps)" if want == 1 else f"(n_pixels, n_steps, {want})"
+            raise DataError(f"X has {have} channel(s) per step, this autoencoder was fitted on {want}; "
+                            f"give loops of shape {shape}")
+        return arr, like
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         return {"config": self.config, "channel": self.channel}
@@ -498,8 +526,10 @@ class Autoencoder:
 
         Parameters
         ----------
-        X : array or tensor of shape (n_pixels, n_steps)
-            Normalized loops, all finite.
+        X : array or tensor of shape (n_pixels, n_steps) or (n_pixels, n_steps, n_channels)
+            Normalized loops, all finite. With ``n_channels > 1`` one joint network reads all the
+            channels of a step together and reconstructs each (the MSE averages them all, so give
+            channels of comparable scale, e.g. each normalized).
         y : ignored
         checkpoint_dir : path, optional
             Folder for ``config.json``, ``metrics.csv``, ``best.safetensors``, ``last.safetensors``
@@ -520,7 +550,6 @@ class Autoencoder:
         """
         cfg = self._cfg()
         arr, like = _check_loops(X)
-        n, n_steps = arr.shape
         device = _resolve_device(cfg.device, like)
         old_threads = torch.get_num_threads()
         if cfg.threads:
@@ -536,7 +565,7 @@ class Autoencoder:
              checkpoint_dir: str | Path | None, resume: bool, callbacks: list, progress: bool) -> None:
         from tqdm.auto import tqdm
 
-        n, n_steps = arr.shape
+        n, n_steps = arr.shape[:2]
         seed = self._seed()
         l1 = cfg.l1_for(self.channel)
         n_val = int(round(cfg.val_fraction * n))
@@ -547,13 +576,14 @@ class Autoencoder:
         train_idx, val_idx = np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
         Xall = torch.as_tensor(arr, dtype=torch.float32, device=device)
         Xtr, Xva = Xall[train_idx], Xall[val_idx]
+        n_channels = arr.shape[2] if arr.ndim == 3 else 1
 
-        model = self._new_model(cfg).to(device)
+        model = self._new_model(cfg, n_channels).to(device)
         if cfg.center:
             model.set_offset(Xtr.mean(0))
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "channel": self.channel,
-                "n_steps": n_steps, "n_pixels": n, "l1": l1}
+                "n_steps": n_steps, "n_pixels": n, "l1": l1, "n_channels": n_channels}
 
         ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
@@ -630,6 +660,7 @@ class Autoencoder:
                 _save_history(ckdir, emb_hist)
         self.model_ = model
         self.n_steps_ = n_steps
+        self.n_channels_ = n_channels
         self.history_ = history
         self.best_epoch_ = best_epoch
         self.best_val_loss_ = best_val
@@ -681,7 +712,8 @@ class Autoencoder:
                     raise DataError(
                         f"the checkpoint in {str(ckdir)!r} has {key}={was!r} but the "
                         f"config has {getattr(cfg, key)!r}; resume with the config it was trained with")
-            if saved.get("n_steps") != n_steps or saved.get("n_pixels") != n:
+            if (saved.get("n_steps") != n_steps or saved.get("n_pixels") != n
+                    or saved.get("n_channels", 1) != meta["n_channels"]):
                 raise DataError(f"the checkpoint in {str(ckdir)!r} was trained on data of shape "
                                 f"({saved.get('n_pixels')}, {saved.get('n_steps')}), got {(n, n_steps)}; "
                                 "resume with the same loops")
@@ -737,7 +769,7 @@ class Autoencoder:
             Default ``config.refine_epochs``.
         """
         self._check_fitted()
-        arr, _ = _check_loops(X)
+        arr, _ = self._check_input(X)
         device = next(self.model_.parameters()).device
         self._refine(torch.as_tensor(arr, dtype=torch.float32, device=device),
                      self._cfg().refine_epochs if epochs is None else int(epochs), None, progress)
@@ -807,15 +839,16 @@ class Autoencoder:
         input's device and dtype.
         """
         self._check_fitted()
-        arr, like = _check_loops(X)
+        arr, like = self._check_input(X)
         device = next(self.model_.parameters()).device
         Z = _embed(self.model_, torch.as_tensor(arr, dtype=torch.float32, device=device))
         return _as_output(Z, like)
 
     def reconstruct(self, X: Any) -> Any:
-        """Reconstructed loops ``decode(transform(X))``, shape (n_pixels, n_steps)."""
+        """Reconstructed loops ``decode(transform(X))``, shape (n_pixels, n_steps) (a joint network:
+        (n_pixels, n_steps, n_channels))."""
         self._check_fitted()
-        arr, like = _check_loops(X)
+        arr, like = self._check_input(X)
         device = next(self.model_.parameters()).device
         x = torch.as_tensor(arr, dtype=torch.float32, device=device)
         self.model_.eval()
@@ -826,15 +859,17 @@ class Autoencoder:
         return _as_output(np.concatenate(out), like)
 
     def decode(self, Z: Any, n_steps: int | None = None) -> Any:
-        """Loops generated from embeddings ``Z`` (n, n_neurons) -> (n, n_steps).
+        """Loops generated from embeddings ``Z`` (n, n_neurons) -> (n, n_steps) (a joint network:
+        (n, n_steps, n_channels), the channels in the order it was fitted with).
 
         ``n_steps`` defaults to the length seen in ``fit``.
         """
         self._check_fitted()
         arr, like = _check_loops(Z, "Z") if np.ndim(Z) == 2 and np.shape(Z)[1] >= 2 else (np.asarray(Z), Z)
         n_neurons = self.model_.decoder.norm.num_features
-        if self.model_.offset.numel() and n_steps is not None and int(n_steps) != self.model_.offset.numel():
-            raise DataError(f"this autoencoder was fitted with center=True on {self.model_.offset.numel()} steps "
+        n_off = self.model_.offset.shape[0] if self.model_.offset.numel() else 0
+        if n_off and n_steps is not None and int(n_steps) != n_off:
+            raise DataError(f"this autoencoder was fitted with center=True on {n_off} steps "
                             f"and decodes only that length, got n_steps={n_steps}; fit with center=False")
         if arr.ndim != 2 or arr.shape[1] != n_neurons:
             raise DataError(f"Z must have shape (n, {n_neurons}) (one value per embedding neuron), got {arr.shape}")
@@ -848,7 +883,9 @@ class Autoencoder:
         with torch.no_grad():
             for b in range(0, len(z), 2048):
                 out.append(self.model_.decode(z[b:b + 2048], steps).cpu().numpy())
-        return _as_output(np.concatenate(out) if out else np.zeros((0, steps), np.float32), like)
+        nc = getattr(self.model_, "n_channels", 1)
+        empty = np.zeros((0, steps) if nc == 1 else (0, steps, nc), np.float32)
+        return _as_output(np.concatenate(out) if out else empty, like)
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -858,7 +895,7 @@ class Autoencoder:
         d.mkdir(parents=True, exist_ok=True)
         cfg = self._cfg()
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "channel": self.channel,
-                "n_steps": self.n_steps_, "l1": self.l1_, "best_epoch": self.best_epoch_,
+                "n_steps": self.n_steps_, "n_channels": getattr(self.model_, "n_channels", 1), "l1": self.l1_, "best_epoch": self.best_epoch_,
                 "best_val_loss": self.best_val_loss_ if math.isfinite(self.best_val_loss_) else None,
                 "n_epochs": self.n_epochs_, "seconds": self.seconds_, "stop_reason": self.stop_reason_,
                 "refine_history": self.refine_history_,
@@ -887,11 +924,12 @@ class Autoencoder:
         weights = d / "model.safetensors"
         if not weights.exists():
             weights = d / "best.safetensors"
-        model = self._new_model(cfg)
+        model = self._new_model(cfg, int(meta.get("n_channels", 1)))
         _load_state_dict(model, _load_tensors(weights), weights)
         model.to(_resolve_device(device)).eval()
         self.model_ = model
         self.n_steps_ = int(meta.get("n_steps", 0)) or None
+        self.n_channels_ = int(meta.get("n_channels", 1))
         self.l1_ = float(meta.get("l1", cfg.l1_for(self.channel)))
         self.best_epoch_ = int(meta.get("best_epoch", -1))
         bv = meta.get("best_val_loss")

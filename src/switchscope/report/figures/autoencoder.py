@@ -21,10 +21,17 @@ def reconstruction_error(ds: xr.Dataset, channel: str) -> np.ndarray | None:
 
     In normalized units (divided by ``norm_std**2`` of ``<channel>_clean`` when known, by each
     pixel's own ``<channel>_norm_std`` squared under per-pixel normalization), so it is comparable
-    with the training loss; None when the variables are absent.
+    with the training loss; None when the variables are absent. ``channel = "joint_<channel>"``
+    scores that channel of the joint network (``reconstruction_joint_<channel>``).
     """
     rec, ref = f"reconstruction_{channel}", f"{channel}_clean"
     emb = ds.get(f"embedding_{channel}")
+    if channel.startswith("joint_"):
+        # the joint network keeps each channel's normalization under attrs suffixed _<channel>
+        own = channel.removeprefix("joint_")
+        ref, joint = f"{own}_clean", ds.get("embedding_joint")
+        emb = None if joint is None else xr.DataArray(0, attrs={
+            k.removesuffix(f"_{own}"): v for k, v in joint.attrs.items() if k.endswith(f"_{own}")})
     if emb is not None and str(emb.attrs.get("normalized_variable", "")) in ds:
         ref = str(emb.attrs["normalized_variable"])  # the variable the network was trained on
     if rec not in ds or ref not in ds:
@@ -71,11 +78,12 @@ def _training_curve(metrics_csv: Path, channel: str, path: Path) -> Path | None:
 
 def draw(ds: xr.Dataset, figdir: Path, *, run_dir: Path | None = None, moviedir: Path | None = None,
          fps: float = 4.0, **_: Any) -> list[tuple[str, Path]]:
-    """``embedding_<channel>.png`` (active neurons, full colour range), ``training_<channel>.png``
+    """``embedding_<channel>.png`` (active neurons, full colour range; ``embedding_joint.png`` for
+    the joint network), ``training_<channel>.png``
     (when ``run_dir/models/<channel>/metrics.csv`` exists), ``reconstruction_error.png`` and, with
     ``moviedir``, ``training_<channel>.gif``/``.mp4`` (when there is a training history)."""
     out: list[tuple[str, Path]] = []
-    for ch in CHANNELS:
+    for ch in (*CHANNELS, "joint"):
         emb_name = f"embedding_{ch}"
         if emb_name not in ds:
             continue
@@ -105,7 +113,9 @@ def draw(ds: xr.Dataset, figdir: Path, *, run_dir: Path | None = None, moviedir:
             if act_h.size:
                 out += [("movies", p) for p in
                         write_movie(training_frames(hist, epochs, act_h, ch), moviedir / f"training_{ch}", fps=fps)]
-    errs = [(f"{ch} MSE", e) for ch in CHANNELS if (e := reconstruction_error(ds, ch)) is not None]
+    errs = [(f"{ch} MSE".replace("joint_", "joint network: "), e)
+            for ch in (*CHANNELS, *(f"joint_{c}" for c in CHANNELS))
+            if (e := reconstruction_error(ds, ch)) is not None]
     if errs:
         out.append(("reconstruction", plot_maps(
             errs, figdir / "reconstruction_error.png",

@@ -51,8 +51,9 @@ def plot_generated(curves: np.ndarray, levels: np.ndarray, voltage: np.ndarray, 
 
 def draw(ds: xr.Dataset, figdir: Path, *, moviedir: Path | None = None, fps: float = 4.0,
          **_: Any) -> list[tuple[str, Path]]:
-    """``generated_<channel>.png``, ``generated_piezoresponse_from_resonance.png`` and, with
-    ``moviedir``, ``generator_<channel>.gif``/``.mp4``."""
+    """``generated_<channel>.png``, ``generated_piezoresponse_from_resonance.png``,
+    ``generated_joint_<channel>.png`` (the joint network's sweeps, one figure per channel) and, with
+    ``moviedir``, ``generator_<channel>.gif``/``.mp4`` (also ``generator_joint_<channel>``)."""
     out: list[tuple[str, Path]] = []
     if "voltage" not in ds.coords:
         return out
@@ -60,7 +61,8 @@ def draw(ds: xr.Dataset, figdir: Path, *, moviedir: Path | None = None, fps: flo
     for ch in CHANNELS:
         for gen_name, label in ((f"generated_{ch}", f"{ch}: generated loops per neuron"),
                                 (f"generated_{ch}_from_resonance",
-                                 f"{ch} of the pixels selected by the resonance generator")):
+                                 f"{ch} of the pixels selected by the resonance generator"),
+                                (f"generated_joint_{ch}", f"joint network, {ch}: generated loops per joint neuron")):
             if gen_name not in ds:
                 continue
             curves = ds[gen_name].transpose("neuron", "level", "step").values
@@ -68,10 +70,11 @@ def draw(ds: xr.Dataset, figdir: Path, *, moviedir: Path | None = None, fps: flo
             neurons = np.flatnonzero(np.isfinite(curves).any(axis=(1, 2)))
             if not neurons.size:
                 continue
-            section = "generated" if gen_name == f"generated_{ch}" else "cross"
+            section = "cross" if gen_name.endswith("_from_resonance") else "generated"
             out.append((section, plot_generated(curves, levels, voltage, neurons, figdir / f"{gen_name}.png",
                                                 title=label, units=str(ds[gen_name].attrs.get("units", "")))))
-            if moviedir is not None and gen_name == f"generated_{ch}":
-                frames = generator_frames(curves, levels, voltage, neurons, ch)
-                out += [("movies", p) for p in write_movie(frames, moviedir / f"generator_{ch}", fps=fps)]
+            if moviedir is not None and not gen_name.endswith("_from_resonance"):
+                label_ch = gen_name.removeprefix("generated_")  # <channel> or joint_<channel>
+                frames = generator_frames(curves, levels, voltage, neurons, label_ch)
+                out += [("movies", p) for p in write_movie(frames, moviedir / f"generator_{label_ch}", fps=fps)]
     return out
