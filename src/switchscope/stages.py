@@ -93,6 +93,8 @@ STAGES: dict[str, Stage] = _stages(
           "the sparse LSTM autoencoder (trained, or the published networks) and its embedding maps"),
     Stage("interpret", "switchscope.interpret", "interpret_stage", "interpret",
           "the decoder as a generator, cross-channel generation, neurons against truth and clusters"),
+    Stage("mechanisms", "switchscope.mechanisms", "stage", "mechanisms",
+          "mechanism detector maps (three-state, hardening, c-like) and neurons named by what they track"),
     Stage("score", "switchscope.synthetic", "score_stage", "synthetic",
           "scores against the synthetic film's ground truth (only where there is truth)"),
     Stage("report", "switchscope.report", "report_stage", "report",

@@ -1,6 +1,7 @@
 """Every figure and movie of the report, drawn from the results (``results.nc`` and ``models/``).
 
-One module per stage (``sho``, ``clean``, ``loops``, ``decomposition``, ``autoencoder``, ``interpret``),
+One module per stage (``sho``, ``clean``, ``loops``, ``decomposition``, ``autoencoder``, ``interpret``,
+``mechanisms``),
 each with ``draw(ds, figdir, *, run_dir=None, moviedir=None, fps=4.0)`` returning the files it
 wrote as ``(section, path)`` pairs (the page section each belongs to), registered in
 :data:`DRAWERS` under the stage's name. Stages compute; only this package draws, so
@@ -14,7 +15,7 @@ from typing import Callable
 
 import xarray as xr
 
-from . import autoencoder, clean, decomposition, interpret, loops, sho
+from . import autoencoder, clean, decomposition, interpret, loops, mechanisms, sho
 from ._common import plot_maps
 from .movies import write_movie
 
@@ -28,6 +29,7 @@ DRAWERS: dict[str, Drawer] = {
     "decomposition": decomposition.draw,
     "autoencoder": autoencoder.draw,
     "interpret": interpret.draw,
+    "mechanisms": mechanisms.draw,
 }
 
 

@@ -1,0 +1,510 @@
+"""Physical detectors of switching mechanisms, and neurons named by what they track.
+
+Three per-pixel measures, computed from the cleaned curves (``<channel>_clean``, physical units)
+and vectorized over pixels. Each branch of the loop (the steps of the falling sweeps, then those
+of the rising sweeps, :func:`switchscope.waveform.descending_steps`; any bipolar waveform, any
+number of cycles: repeated voltages are averaged) is oriented so that it rises with the voltage
+and normalized to ``s = 2 (y - mid) / H`` by its saturation levels (the mean of the 15 % of its
+steps at the lowest and at the highest voltages; ``H`` their difference). ``m(a)`` is the voltage
+span (V) over which ``|s| < a``, measured exactly on the piecewise-linear branch (so it does not
+need a monotonic or noise-free branch).
+
+``mechanism_three_state`` (1, 0..1)
+    Weight of an intermediate plateau: ``(m(a)/m(b) - k) / (1 - k)``, clipped to 0..1, with
+    ``a = 0.25``, ``b = 0.8`` and ``k = erfinv(a)/erfinv(b)`` (what one error-function step gives).
+    0: one switching event (the derivative of the branch has one peak); 1: the branch spends its
+    whole switching span near zero response (two separated events, the c -> a -> c sequence).
+    Mean of the two branches.
+``mechanism_hardening`` (the resonance's units: kHz, or standard deviations of a normalized file)
+    Rise of the resonance frequency before switching above its local baseline: on each branch,
+    the amplitude of a Gaussian rise (width ``rise_width``) fitted by linear least squares together
+    with the local baseline (a line in V plus the softening dip at switching, a Gaussian centred on
+    the coercive voltage), over the steps from the coercive voltage to ``hardening_window +
+    baseline_window`` beyond the start of switching; the rise's centre (0..``hardening_window`` V
+    before the start of switching, where ``|s|`` reaches ``b``) and the dip's width are those
+    that fit best. Mean of the two branches; negative when the resonance dips instead.
+``mechanism_c_like`` (1, film median about 1)
+    c-like switching, a tall and sharp step: ``(h^2 q)^(1/3)``, the geometric mean of the step
+    height relative to the film's median (``h = H / median H``, counted twice: it is the direct
+    measure of the out-of-plane response) and the step's sharpness relative to the film's median
+    (``q = median w / w``, ``w = (m(b) - m(a)) / (2 (erfinv(b) - erfinv(a)))`` the width of one
+    error-function step, V; a plateau widens it less than it widens the
+    whole switching span: 1.6 w for a 4 V plateau at w = 1 V).
+
+Naming (:func:`name_neurons`): Spearman rho of every active neuron of every ``embedding_<channel>``
+with every measure (the three detectors and the ``loop_*`` maps). A neuron is named after the
+measure with the largest ``|rho|`` when ``|rho| >= min_rho`` (0.6) and every other measure within
+``margin`` (0.1) of it is itself correlated with it at ``|rho| >= same_measure`` (0.8) over the
+film (it measures the same thing here; it is listed with it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+import xarray as xr
+from scipy.special import erfinv
+
+from ._config import StageConfig, register
+from ._context import RunContext
+from ._embedding import active_neurons
+from ._errors import DataError, DataWarning
+from .waveform import descending_steps
+
+__all__ = [
+    "DETECTORS",
+    "Branch",
+    "MechanismsConfig",
+    "branches",
+    "c_like",
+    "detect",
+    "hardening",
+    "name_neurons",
+    "sentences",
+    "stage",
+    "three_state",
+]
+
+#: Detector variable -> (label in sentences, one-line definition).
+DETECTORS: dict[str, tuple[str, str]] = {
+    "mechanism_three_state": ("three-state switching",
+                              "weight of an intermediate plateau on the switching branches (0 one step, 1 all plateau)"),
+    "mechanism_hardening": ("elastic hardening",
+                            "rise of the resonance frequency before switching above its local baseline"),
+    "mechanism_c_like": ("c-like switching",
+                         "geometric mean of step height (twice) and sharpness, each relative to the film median"),
+}
+
+_END_SHARE = 0.15  # share of a branch's steps at each end that give its saturation levels
+
+
+# -- configuration --------------------------------------------------------------------------------
+@register("mechanisms")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MechanismsConfig(StageConfig):
+    """Options of the ``mechanisms`` stage (section ``[mechanisms]``).
+
+    Attributes
+    ----------
+    channel : str
+        The switching loops (``<channel>_clean``).
+    resonance : str
+        The resonance channel for elastic hardening (skipped without ``<resonance>_clean``).
+    plateau_level, switching_level : float
+        ``a`` and ``b`` of the definitions (0 < a < b < 1).
+    hardening_window, baseline_window, rise_width : float
+        Volts: how far before the start of switching a rise is looked for, how much further the
+        baseline is fitted, and the width of the rise.
+    min_rho, margin, same_measure : float
+        The naming rule (module docstring).
+    """
+
+    channel: str = "piezoresponse"
+    resonance: str = "resonance"
+    plateau_level: float = 0.25
+    switching_level: float = 0.8
+    hardening_window: float = 6.0
+    baseline_window: float = 6.0
+    rise_width: float = 1.3
+    min_rho: float = 0.6
+    margin: float = 0.1
+    same_measure: float = 0.8
+
+    def validate(self) -> None:
+        for name in ("channel", "resonance"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                self._fail(name, "a channel name", getattr(self, name))
+        self.check_number("plateau_level", lo=0, hi=0.999, lo_open=True)
+        self.check_number("switching_level", lo=0, hi=0.999, lo_open=True)
+        if self.plateau_level >= self.switching_level:
+            self._fail("plateau_level", f"smaller than switching_level ({self.switching_level})",
+                       self.plateau_level)
+        for name in ("hardening_window", "baseline_window", "rise_width"):
+            self.check_number(name, lo=0, hi=1000, lo_open=True)
+        self.check_number("min_rho", lo=0, hi=1)
+        self.check_number("margin", lo=0, hi=1)
+        self.check_number("same_measure", lo=0, hi=1)
+
+
+# -- branches -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    """One branch of a loop: its distinct voltages (ascending) and the averaging operator.
+
+    Attributes
+    ----------
+    falling : bool
+        The steps of the falling sweeps (True) or of the rising ones.
+    voltage : ndarray of shape (n_levels,)
+    operator : ndarray of shape (n_levels, n_steps)
+        ``curves @ operator.T`` gives the branch (mean over the steps at one voltage).
+    """
+
+    falling: bool
+    voltage: np.ndarray
+    operator: np.ndarray
+
+    def of(self, curves: np.ndarray) -> np.ndarray:
+        """``(n_pixels, n_steps) -> (n_pixels, n_levels)``."""
+        return curves @ self.operator.T
+
+
+def branches(voltage: Any) -> tuple[Branch, Branch]:
+    """The falling and the rising branch of a bipolar waveform ``voltage`` (n_steps,)."""
+    v = np.asarray(voltage, dtype=float).ravel()
+    desc = descending_steps(v)
+    out = []
+    for falling in (True, False):
+        idx = np.flatnonzero(desc == falling)
+        if idx.size < 4:
+            raise DataError(f"the waveform has {idx.size} {'falling' if falling else 'rising'} steps; "
+                            "mechanism detectors need a bipolar waveform with at least 4 steps per branch")
+        scale = max(float(np.abs(v).max()), 1.0)
+        u, inv = np.unique(np.round(v[idx] / scale, 9), return_inverse=True)
+        op = np.zeros((u.size, v.size))
+        op[inv, idx] = 1.0
+        op /= op.sum(axis=1, keepdims=True)
+        out.append(Branch(falling, op @ v, op))
+    return out[0], out[1]
+
+
+def _measure_below(s: np.ndarray, u: np.ndarray, level: float) -> np.ndarray:
+    """Voltage span (V) where the piecewise-linear ``s`` (n, k) on ``u`` (k,) is below ``level``."""
+    lo = np.minimum(s[:, :-1], s[:, 1:])
+    hi = np.maximum(s[:, :-1], s[:, 1:])
+    span = hi - lo
+    flat = span <= 0
+    frac = np.where(flat, (level > lo).astype(float),
+                    np.clip((level - lo) / np.where(flat, 1.0, span), 0.0, 1.0))
+    return (frac * np.diff(u)).sum(axis=1)
+
+
+def _levels(curves: np.ndarray, brs: tuple[Branch, Branch]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Normalized oriented branches ``s`` and the step height ``H`` of each (per branch)."""
+    ends = []
+    for b in brs:
+        y = b.of(curves)
+        k = max(2, int(round(_END_SHARE * y.shape[1])))
+        ends.append((y, y[:, :k].mean(axis=1), y[:, -k:].mean(axis=1)))
+    sign = np.sign(sum(hi - lo for _, lo, hi in ends))
+    sign[sign == 0] = 1.0
+    s_all, heights = [], []
+    for y, lo, hi in ends:
+        h = np.abs(hi - lo)
+        safe = np.where(h > 0, h, np.nan)
+        s_all.append(sign[:, None] * 2.0 * (y - 0.5 * (lo + hi)[:, None]) / safe[:, None])
+        heights.append(h)
+    return s_all, np.asarray(heights)
+
+
+def _as_curves(x: Any, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    arr = arr.reshape(-1, arr.shape[-1])
+    if arr.shape[0] == 0:
+        raise DataError(f"{name} holds no curve")
+    return arr
+
+
+# -- detectors ------------------------------------------------------------------------------------
+def three_state(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
+                switching_level: float = 0.8) -> np.ndarray:
+    """Weight of an intermediate plateau on the switching branches, 0..1 (module docstring).
+
+    Parameters
+    ----------
+    voltage : array of shape (n_steps,)
+    loops : array of shape (n_pixels, n_steps) or (rows, cols, n_steps)
+
+    Returns
+    -------
+    ndarray of shape (n_pixels,)
+    """
+    X = _as_curves(loops, "loops")
+    brs = branches(voltage)
+    s_all, _ = _levels(X, brs)
+    a, b = float(plateau_level), float(switching_level)
+    k = float(erfinv(a) / erfinv(b))
+    w = []
+    for br, s in zip(brs, s_all):
+        u = br.voltage
+        ma = _measure_below(s, u, a) - _measure_below(s, u, -a)
+        mb = _measure_below(s, u, b) - _measure_below(s, u, -b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w.append(np.clip((ma / mb - k) / (1.0 - k), 0.0, 1.0))
+    return np.mean(w, axis=0)
+
+
+def c_like(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
+           switching_level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """c-like switching ``(h^2 q)^(1/3)`` and its parts, the step height ``H`` and width ``w`` (V).
+
+    Returns
+    -------
+    c_like, height, width : ndarrays of shape (n_pixels,)
+        ``height`` in the loops' units (mean of the two branches), ``width`` the error-function
+        width of one step (V).
+    """
+    X = _as_curves(loops, "loops")
+    brs = branches(voltage)
+    s_all, heights = _levels(X, brs)
+    a, b = float(plateau_level), float(switching_level)
+    widths = []
+    for br, s in zip(brs, s_all):
+        u = br.voltage
+        ma = _measure_below(s, u, a) - _measure_below(s, u, -a)
+        mb = _measure_below(s, u, b) - _measure_below(s, u, -b)
+        widths.append((mb - ma) / (2.0 * float(erfinv(b) - erfinv(a))))
+    H = heights.mean(axis=0)
+    W = np.mean(widths, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = H / np.nanmedian(H)
+        q = np.nanmedian(W) / np.where(W > 0, W, np.nan)
+        return np.cbrt(h**2 * q), H, W
+
+
+def hardening(voltage: Any, loops: Any, resonance: Any, *, switching_level: float = 0.8,
+              hardening_window: float = 6.0, baseline_window: float = 6.0, rise_width: float = 1.3,
+              step: float = 0.5, dip_widths: tuple[float, ...] = (1.0, 1.5, 2.0)) -> np.ndarray:
+    """Rise of the resonance before switching above its local baseline, in the resonance's units.
+
+    The switching (coercive voltage and start of switching) comes from ``loops``; on each
+    branch the resonance from the coercive voltage to ``hardening_window + baseline_window``
+    volts beyond the start of switching is fitted (linear least squares, every pixel at once) by
+    ``c0 + c1 V - D exp(-((V - Vc)/(f d))^2) + A exp(-((V - Vr)/rise_width)^2)`` with ``d`` the
+    distance from the coercive voltage to the start of switching (at least 0.5 V), ``f`` in
+    ``dip_widths`` and ``Vr`` every ``step`` volts from 0 to ``hardening_window`` before the
+    start; ``A`` of the best fit is the rise. Returns the mean of the two branches (n_pixels,).
+    """
+    X = _as_curves(loops, "loops")
+    Rf = _as_curves(resonance, "resonance")
+    if Rf.shape != X.shape:
+        raise DataError(f"resonance has shape {Rf.shape}, the loops {X.shape}; they must share grid and steps")
+    brs = branches(voltage)
+    s_all, _ = _levels(X, brs)
+    b = float(switching_level)
+    rises = []
+    for br, s in zip(brs, s_all):
+        u = br.voltage
+        sg = 1.0 if br.falling else -1.0  # "before" switching: higher V when falling
+        vc = u[0] + _measure_below(s, u, 0.0)
+        start = u[0] + _measure_below(s, u, b if br.falling else -b)
+        r = br.of(Rf)
+        dist_c = (u[None, :] - vc[:, None]) * sg
+        dist_s = (u[None, :] - start[:, None]) * sg
+        fit = (dist_c >= 0) & (dist_s <= hardening_window + baseline_window) & np.isfinite(r)
+        r0 = np.where(fit, r, 0.0)
+        half = np.maximum(np.abs(start - vc), 0.5)
+        best_sse = np.full(r.shape[0], np.inf)
+        best = np.full(r.shape[0], np.nan)
+        ones = np.ones_like(r)
+        lin = np.broadcast_to(u, r.shape)
+        for f in dip_widths:
+            dip = np.exp(-(((u[None, :] - vc[:, None]) / (f * half[:, None])) ** 2))
+            for off in np.arange(0.0, hardening_window + 1e-9, step):
+                vr = start + sg * off
+                rise = np.exp(-(((u[None, :] - vr[:, None]) / rise_width) ** 2))
+                A = np.stack([ones, lin, dip, rise], axis=-1) * fit[..., None]
+                AtA = np.einsum("nki,nkj->nij", A, A) + 1e-9 * np.eye(4)
+                coef = np.linalg.solve(AtA, np.einsum("nki,nk->ni", A, r0)[..., None])[..., 0]
+                sse = ((r0 - np.einsum("nki,ni->nk", A, coef)) ** 2).sum(axis=1)
+                better = sse < best_sse
+                best_sse = np.where(better, sse, best_sse)
+                best = np.where(better, coef[:, 3], best)
+        ok = fit.sum(axis=1) >= 6  # four coefficients and some left for the noise
+        rises.append(np.where(ok, best, np.nan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(rises, axis=0)
+
+
+def detect(ds: xr.Dataset, config: MechanismsConfig | None = None) -> dict[str, xr.DataArray]:
+    """The three detector maps of a cleaned Dataset, as DataArrays (row, col) with units.
+
+    Needs ``<config.channel>_clean``; hardening also ``<config.resonance>_clean`` (left out
+    without it).
+    """
+    config = config or MechanismsConfig()
+    name = f"{config.channel}_clean"
+    if name not in ds:
+        raise DataError(f"mechanism detectors need {name!r}; run the clean stage first")
+    da = ds[name].transpose("row", "col", "step")
+    grid = da.shape[:2]
+    voltage = ds["voltage"].values
+    X = da.values.reshape(-1, da.shape[-1])
+    kw = dict(plateau_level=config.plateau_level, switching_level=config.switching_level)
+    out: dict[str, xr.DataArray] = {}
+
+    def put(var: str, values: np.ndarray, units: str, **attrs: Any) -> None:
+        out[var] = xr.DataArray(values.reshape(grid), dims=("row", "col"),
+                                attrs={"units": units, "long_name": DETECTORS[var][1], **attrs})
+
+    put("mechanism_three_state", three_state(voltage, X, **kw), "1", from_variable=name)
+    c, H, W = c_like(voltage, X, **kw)
+    put("mechanism_c_like", c, "1", from_variable=name, median_height=float(np.nanmedian(H)),
+        height_units=str(da.attrs.get("units", "")), median_width_v=float(np.nanmedian(W)))
+    rname = f"{config.resonance}_clean"
+    if rname in ds:
+        R = ds[rname].transpose("row", "col", "step").values.reshape(X.shape)
+        attrs = ds[rname].attrs
+        normalized = bool(attrs.get("normalized", False)) or str(attrs.get("units", "")) in ("", "1", "a.u.")
+        units = "standard deviations (normalized resonance)" if normalized else str(attrs.get("units", "kHz"))
+        put("mechanism_hardening",
+            hardening(voltage, X, R, switching_level=config.switching_level,
+                      hardening_window=config.hardening_window, baseline_window=config.baseline_window,
+                      rise_width=config.rise_width),
+            units, from_variable=rname)
+    return out
+
+
+# -- naming ---------------------------------------------------------------------------------------
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def name_neurons(embeddings: Mapping[str, Any], measures: Mapping[str, Any], *, min_rho: float = 0.6,
+                 margin: float = 0.1, same_measure: float = 0.8) -> dict[str, Any]:
+    """Spearman rho of every active neuron with every measure, and the names the rule gives.
+
+    Parameters
+    ----------
+    embeddings : dict of channel -> array (n_pixels, n_neurons) or (rows, cols, n_neurons)
+    measures : dict of name -> array (n_pixels,) or (rows, cols)
+
+    Returns
+    -------
+    dict
+        ``rho`` (n_channels, max_neurons, n_measures), NaN for inactive neurons;
+        ``named`` (n_channels, max_neurons) int, index of the measure a neuron tracks or -1;
+        ``also`` {(channel, neuron): [measures within the margin that measure the same]};
+        ``channels``, ``measures`` (the names, in order).
+    """
+    names = list(measures)
+    M = np.stack([np.asarray(measures[m], dtype=float).ravel() for m in names], axis=1) if names else None
+    chans = list(embeddings)
+    Zs = {}
+    for ch in chans:
+        Z = np.asarray(embeddings[ch], dtype=float)
+        Zs[ch] = Z.reshape(-1, Z.shape[-1])
+        if M is not None and Zs[ch].shape[0] != M.shape[0]:
+            raise DataError(f"embedding {ch!r} has {Zs[ch].shape[0]} pixels, the measures {M.shape[0]}")
+    n_max = max((Z.shape[1] for Z in Zs.values()), default=0)
+    rho = np.full((len(chans), n_max, len(names)), np.nan)
+    named = np.full((len(chans), n_max), -1, dtype=np.int64)
+    also: dict[tuple[str, int], list[str]] = {}
+    if M is None:
+        return {"rho": rho, "named": named, "also": also, "channels": chans, "measures": names}
+    between = np.array([[_spearman(M[:, i], M[:, j]) if i != j else 1.0 for j in range(len(names))]
+                        for i in range(len(names))])
+    for c, ch in enumerate(chans):
+        Z = Zs[ch]
+        for j in np.flatnonzero(active_neurons(Z)):
+            rho[c, j] = [_spearman(Z[:, j], M[:, m]) for m in range(len(names))]
+            a = np.abs(rho[c, j])
+            if not np.isfinite(a).any():
+                continue
+            best = int(np.nanargmax(a))
+            if a[best] < min_rho:
+                continue
+            close = [m for m in range(len(names)) if m != best and np.isfinite(a[m]) and a[m] > a[best] - margin]
+            if all(abs(between[best, m]) >= same_measure for m in close):
+                named[c, j] = best
+                if close:
+                    also[(ch, int(j))] = [names[m] for m in close]
+    return {"rho": rho, "named": named, "also": also, "channels": chans, "measures": names}
+
+
+def _label(measure: str) -> str:
+    if measure in DETECTORS:
+        return DETECTORS[measure][0]
+    return measure.removeprefix("loop_").replace("_", " ")
+
+
+def sentences(ds: xr.Dataset) -> list[str]:
+    """"neuron 6 (resonance) tracks elastic hardening (rho = +0.82)" for every named neuron in
+    the results (``mechanism_rho``, ``mechanism_named``, ``mechanism_also``)."""
+    if "mechanism_named" not in ds or "mechanism_rho" not in ds:
+        return []
+    rho = ds["mechanism_rho"].transpose("mechanism_channel", "neuron", "measure").values
+    named = ds["mechanism_named"].transpose("mechanism_channel", "neuron").values
+    chans = [str(c) for c in ds["mechanism_channel"].values]
+    measures = [str(m) for m in ds["measure"].values]
+    out = []
+    for c, ch in enumerate(chans):
+        for j in np.flatnonzero(named[c] >= 0):
+            m = int(named[c, j])
+            text = f"neuron {int(ds['neuron'].values[j])} ({ch}) tracks {_label(measures[m])} (rho = {rho[c, j, m]:+.2f})"
+            others = [k for k in range(len(measures)) if k != m and np.isfinite(rho[c, j, k])
+                      and abs(rho[c, j, k]) > abs(rho[c, j, m]) - float(ds["mechanism_named"].attrs.get("margin", 0.1))]
+            if others:
+                text += "; also " + ", ".join(f"{_label(measures[k])} ({rho[c, j, k]:+.2f})" for k in others)
+            out.append(text)
+    return out
+
+
+# -- stage ----------------------------------------------------------------------------------------
+def _loop_maps(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    skip = ("status", "n_iter", "converged", "r2", "fit")
+    out = {}
+    for name in sorted(map(str, ds.data_vars)):
+        if (name.startswith("loop_") and ds[name].dims == ("row", "col")
+                and np.issubdtype(ds[name].dtype, np.floating) and not any(k in name for k in skip)):
+            out[name] = ds[name].values
+    return out
+
+
+def stage(ds: xr.Dataset, config: MechanismsConfig, ctx: RunContext) -> xr.Dataset:
+    """Pipeline stage ``mechanisms``: the detector maps and the neurons named by what they track.
+
+    Adds ``mechanism_three_state``, ``mechanism_hardening`` (with a resonance channel) and
+    ``mechanism_c_like`` (row, col); with embeddings, ``mechanism_rho`` (mechanism_channel,
+    neuron, measure) and ``mechanism_named`` (mechanism_channel, neuron; index into ``measure``,
+    -1 for none); ``ctx.summary["mechanisms"]``: definitions, units, the sentences and, on
+    synthetic data, each detector's Spearman rho with its truth.
+    """
+    summary: dict[str, Any] = {}
+    ctx.summary["mechanisms"] = summary
+    if f"{config.channel}_clean" not in ds:
+        summary["skipped"] = f"no {config.channel}_clean (run the clean stage)"
+        return ds.copy()
+    maps = detect(ds, config)
+    out = ds.assign(maps)
+    summary["detectors"] = {k: {"definition": DETECTORS[k][1], "units": v.attrs["units"],
+                                "median": round(float(np.nanmedian(v.values)), 6)} for k, v in maps.items()}
+    truth_of = {"mechanism_three_state": "truth_three_state", "mechanism_hardening": "truth_hardening",
+                "mechanism_c_like": "truth_c_fraction"}
+    truth = {k: round(_spearman(maps[k].values.ravel(), ds[t].values.ravel()), 4)
+             for k, t in truth_of.items() if k in maps and t in ds}
+    if truth:
+        summary["truth_rho"] = truth
+    embeddings = {str(n).removeprefix("embedding_"): ds[n].transpose("row", "col", "neuron").values
+                  for n in ds.data_vars if str(n).startswith("embedding_") and not str(n).startswith("embedding_history")
+                  and ds[n].dims == ("row", "col", "neuron")}
+    if embeddings:
+        measures = {k: v.values for k, v in maps.items()} | _loop_maps(ds)
+        res = name_neurons(embeddings, measures, min_rho=config.min_rho, margin=config.margin,
+                           same_measure=config.same_measure)
+        n = res["rho"].shape[1]
+        coords = {"mechanism_channel": res["channels"], "neuron": np.arange(n), "measure": res["measures"]}
+        out["mechanism_rho"] = xr.DataArray(
+            res["rho"], dims=("mechanism_channel", "neuron", "measure"), coords=coords,
+            attrs={"long_name": "Spearman rho of each active neuron with each measure", "units": "1"})
+        out["mechanism_named"] = xr.DataArray(
+            res["named"], dims=("mechanism_channel", "neuron"),
+            coords={k: coords[k] for k in ("mechanism_channel", "neuron")},
+            attrs={"long_name": "index into measure of what a neuron tracks, -1 for none",
+                   "min_rho": config.min_rho, "margin": config.margin, "same_measure": config.same_measure})
+        summary["sentences"] = sentences(out)
+        summary["rule"] = (f"|rho| >= {config.min_rho} and every measure within {config.margin} of the best "
+                           f"correlates with it at |rho| >= {config.same_measure}")
+    elif "embedding_piezoresponse" not in ds:
+        warnings.warn("no embedding in the results: the mechanism maps are computed, no neuron is named",
+                      DataWarning, stacklevel=2)
+    return out

@@ -1,0 +1,154 @@
+"""Mechanism detectors and neuron naming (switchscope.mechanisms)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy.optimize import brentq
+from scipy.special import erf, erfinv
+from scipy.stats import spearmanr
+
+from switchscope.mechanisms import MechanismsConfig, c_like, detect, hardening, name_neurons, three_state
+from switchscope.synthetic import make_dataset
+from switchscope.waveform import triangle_waveform
+
+V = triangle_waveform(800, 16.0)  # fine steps: the piecewise-linear measures are then near exact
+
+
+def _state(v, c, w, d):
+    return 0.5 * (erf((v - c - d / 2) / w) + erf((v - c + d / 2) / w))
+
+
+def _loops(w, d, height=2.0, c_neg=-5.0, c_pos=6.0):
+    """Closed-form loops (n, n_steps): two erf sub-steps a plateau of width d apart on each branch."""
+    from switchscope.waveform import descending_steps
+
+    desc = descending_steps(V)
+    w, d = np.atleast_1d(w)[:, None], np.atleast_1d(d)[:, None]
+    c = np.where(desc, c_neg, c_pos)[None, :]
+    return height * _state(V[None, :], c, w, d)
+
+
+def _reference_weight(w, d, a=0.25, b=0.8):
+    """The definition, per loop, from the closed form by root finding (independent of the code)."""
+    f = lambda level: brentq(lambda x: _state(x, 0.0, w, d) - level, -30, 30)  # noqa: E731
+    ma, mb = f(a) - f(-a), f(b) - f(-b)
+    k = erfinv(a) / erfinv(b)
+    return float(np.clip((ma / mb - k) / (1 - k), 0, 1))
+
+
+@pytest.mark.parametrize("w,d", [(1.0, 0.0), (1.5, 0.0), (1.0, 2.0), (1.0, 4.0), (0.8, 6.0), (2.0, 3.0)])
+def test_three_state_matches_the_definition_on_closed_form_plateaus(w, d):
+    got = three_state(V, _loops(w, d))[0]
+    assert got == pytest.approx(_reference_weight(w, d), abs=0.01)
+
+
+def test_three_state_is_zero_for_one_step_and_rises_with_the_plateau():
+    got = three_state(V, _loops(np.full(5, 1.0), np.array([0.0, 1.0, 2.0, 4.0, 6.0])))
+    assert got[0] == pytest.approx(0.0, abs=0.01)
+    assert np.all(np.diff(got) > 0) and got[-1] > 0.6
+
+
+def test_c_like_height_and_width_of_a_known_step():
+    c, H, W = c_like(V, np.concatenate([_loops(1.2, 0.0, height=2.0), _loops(2.4, 0.0, height=1.0)]))
+    assert H == pytest.approx([4.0, 2.0], rel=0.01)  # saturation to saturation: twice the amplitude
+    assert W == pytest.approx([1.2, 2.4], rel=0.02)
+    assert c[0] > c[1]
+
+
+def test_c_like_width_is_widened_less_than_the_switching_span_by_a_plateau():
+    _, _, W = c_like(V, _loops(np.array([1.0, 1.0]), np.array([0.0, 4.0])))
+    assert W[0] == pytest.approx(1.0, rel=0.02)
+    assert W[1] == pytest.approx(1.6, rel=0.05)  # the 10-90 % span grows from 1.8 V to about 5.6 V
+
+
+@pytest.mark.parametrize("bump", [0.0, 0.8, 2.0])
+def test_hardening_recovers_a_resonance_bump_of_known_height(bump):
+    from switchscope.waveform import descending_steps
+
+    w, b = 1.2, 0.8
+    loops = _loops(w, 0.0)
+    desc = descending_steps(V)
+    c = np.where(desc, -5.0, 6.0)
+    start = c + np.where(desc, 1.0, -1.0) * w * erfinv(b)
+    centre = start + np.where(desc, 1.0, -1.0) * 2.5  # on the fit's 0.5 V grid of rise positions
+    half = w * erfinv(b)
+    res = (1320.0 + 0.05 * np.where(desc, 1, -1) * V - 1.4 * np.exp(-(((V - c) / (1.5 * half)) ** 2))
+           + bump * np.exp(-(((V - centre) / 1.3) ** 2)))
+    got = hardening(V, loops, res[None, :])[0]
+    assert got == pytest.approx(bump, abs=0.03)
+
+
+def _film(seed=3, rows=12, cols=12):
+    rng = np.random.default_rng(seed)
+    return {"a": rng.standard_normal((rows, cols)), "b": rng.standard_normal((rows, cols))}
+
+
+def test_naming_rule_names_a_tracking_neuron_and_not_a_random_one():
+    rng = np.random.default_rng(0)
+    m = _film()
+    emb = np.stack([np.maximum(m["a"] + 0.2 * rng.standard_normal(m["a"].shape) + 3, 0),
+                    rng.random(m["a"].shape), np.zeros_like(m["a"])], axis=-1)
+    res = name_neurons({"piezoresponse": emb}, m)
+    assert res["measures"] == ["a", "b"]
+    assert res["named"][0].tolist() == [0, -1, -1]
+    assert abs(res["rho"][0, 0, 0]) > 0.9
+    assert np.isnan(res["rho"][0, 2]).all()  # inactive
+
+
+def test_naming_rule_refuses_a_tie_between_unrelated_measures():
+    m = _film(rows=60, cols=60)
+    emb = (m["a"] + m["b"] + 10)[..., None]  # rho about 0.7 with each
+    res = name_neurons({"resonance": emb}, m, min_rho=0.5)
+    assert res["named"][0, 0] == -1
+
+
+def test_detectors_against_truth_on_an_unseen_film():
+    """Validation on a film no other test uses (40 x 40, seed 11): docs/mechanisms.md."""
+    from switchscope.preprocess import clean
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = clean(make_dataset(40, 40, 11))
+    maps = detect(ds)
+    rho = {k: spearmanr(maps[k].values.ravel(), ds[t].values.ravel()).statistic for k, t in
+           (("mechanism_three_state", "truth_three_state"), ("mechanism_c_like", "truth_c_fraction"),
+            ("mechanism_hardening", "truth_hardening"))}
+    assert rho["mechanism_three_state"] >= 0.8
+    assert rho["mechanism_c_like"] >= 0.8
+    assert rho["mechanism_hardening"] >= 0.45  # misses 0.8: a weak synthetic signal (docs/mechanisms.md)
+    assert maps["mechanism_hardening"].attrs["units"] == "kHz"
+
+
+def test_config_is_validated():
+    from switchscope import ConfigError
+
+    with pytest.raises(ConfigError, match="plateau_level"):
+        MechanismsConfig(plateau_level=0.9)
+
+
+def test_stage_in_a_pipeline_run(tmp_path):
+    from switchscope.pipeline import run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = make_dataset(12, 12, 5)
+        rng = np.random.default_rng(1)
+        emb = np.stack([ds["truth_three_state"].values * 4 + 0.05 * rng.random((12, 12)),
+                        rng.random((12, 12))], axis=-1)
+        ds["embedding_piezoresponse"] = xr.DataArray(emb, dims=("row", "col", "neuron"))
+        out = run(ds, tmp_path / "o", stages=["clean", "loops", "mechanisms", "report"], progress=False)
+    for v in ("mechanism_three_state", "mechanism_hardening", "mechanism_c_like", "mechanism_rho",
+              "mechanism_named"):
+        assert v in out
+    assert out["mechanism_rho"].dims == ("mechanism_channel", "neuron", "measure")
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    sec = summary["mechanisms"]
+    assert set(sec["truth_rho"]) == {"mechanism_three_state", "mechanism_hardening", "mechanism_c_like"}
+    assert isinstance(sec["sentences"], list)
+    page = (tmp_path / "o" / "report" / "index.html").read_text()
+    assert "Switching mechanisms, measured" in page and "mechanism_maps.png" in page
