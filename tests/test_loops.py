@@ -572,6 +572,61 @@ def test_batched_fit_matches_per_pixel_scipy(real_raw_loops, name, n_pixels):
     assert np.median(res.r2) > 0.99
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_numba_backend_matches_torch_on_real_loops(real_raw_loops, monkeypatch, name):
+    # the numba kernel runs the torch path's algorithm per pixel, all in float64: against
+    # torch racing in float64 too, the same result on every pixel (to rounding)
+    import switchscope.loops._fit as fit_mod
+
+    X, v = _clean_real(real_raw_loops)
+    X = X[::12]                          # 300 pixels over the whole scan
+    a = fit_loops(X, v, model=name, backend="numba")
+    b_default = fit_loops(X, v, model=name, backend="torch")
+    monkeypatch.setattr(fit_mod, "_race_dtype", lambda dtype: dtype)
+    b = fit_loops(X, v, model=name, backend="torch")
+    np.testing.assert_allclose(a.r2, b.r2, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_array_equal(a.n_iter, b.n_iter)
+    # (the k-means centre fits run in each backend: their results agree to rounding)
+    np.testing.assert_allclose(a.starts, b.starts, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-5, atol=1e-8 * np.abs(b.params).max())
+    # standard errors where the normal matrix is well conditioned (near-singular ones give
+    # huge or NaN errors whose digits depend on the inversion routine)
+    good = np.isfinite(a.stderr).all(1) & np.isfinite(b.stderr).all(1) & (np.abs(b.stderr).max(1) < 1e3)
+    assert good.mean() > 0.5
+    np.testing.assert_allclose(a.stderr[good], b.stderr[good], rtol=1e-4)
+    assert a.param_names == b.param_names and a.model == b.model
+    # against the default torch path (race in float32): the same optimum on most pixels
+    d = np.abs(a.r2 - b_default.r2)
+    assert np.median(d) < 1e-9 and d.max() < 1e-3
+
+
+def test_numba_backend_weights_failures_and_options():
+    import switchscope.loops._fit as fit_mod
+
+    rng = np.random.default_rng(11)
+    _, y = true_loops(paper13, 12, rng, noise=0.02)
+    y[1, 5:9] = np.nan                   # a few missing points: weighted normal equations
+    y[2] = np.nan                        # too few points: not fitted
+    y[3] = 1.0                           # constant: not fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        a = fit_loops(y, V_PAPER, backend="numba")
+        old = fit_mod._race_dtype
+        fit_mod._race_dtype = lambda dtype: dtype
+        try:
+            b = fit_loops(y, V_PAPER, backend="torch")
+        finally:
+            fit_mod._race_dtype = old
+    np.testing.assert_array_equal(a.status, b.status)
+    assert a.status[2] == 3 and a.status[3] == 4 and np.isnan(a.params[2:4]).all()
+    np.testing.assert_allclose(a.r2, b.r2, rtol=0, atol=1e-6, equal_nan=True)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        fit_loops(y, V_PAPER, backend="cuda")
+    with pytest.raises(ConfigError, match="CPU only"):
+        fit_loops(y, V_PAPER, backend="numba", device="meta")
+
+
 # ---------------------------------------------------------------------------------------------
 # synthetic dataset: switching parameters against the ground truth
 # ---------------------------------------------------------------------------------------------

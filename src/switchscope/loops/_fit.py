@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,8 @@ _RACE_BATCH = 3072
 #: in R2 than with the full race (none by 5e-3; the median is unchanged to 5e-6).
 _PRUNE_ITER = 2
 _PRUNE_RATIO = 1.5
+#: Models the numba kernel (:mod:`switchscope.fit._loops_numba`) implements.
+_NUMBA_MODELS = ("paper13", "bglib9")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -234,7 +236,7 @@ def _inside(p: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
 
 def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.ndarray,
                    n_clusters: int, seed: int, lm_kwargs: dict, lower: np.ndarray,
-                   upper: np.ndarray, tt: dict) -> np.ndarray:
+                   upper: np.ndarray, tt: dict, use_numba: bool = False) -> np.ndarray:
     """Fit the k-means centroids of the normalized loops; each pixel gets its centroid's fit.
 
     Cluster-centre fits as starting points follow BGlib's loop fitter (k-means of the loops,
@@ -253,6 +255,10 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
                        for wd in _GUESS_WIDTHS], axis=1)
     kk = starts.shape[1]
     order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
+    if use_numba:
+        cp = _numba_priors(model, starts, np.ascontiguousarray(cent[:, order]), v, desc,
+                           lower, upper, lm_kwargs)
+        return _inside(cp[labels], lower, upper)
     yt = torch.as_tensor(cent[:, order], **tt)
     p, cost, _, _ = levenberg_marquardt(
         model, torch.as_tensor(starts.reshape(-1, model.n_params), **tt), yt,
@@ -263,6 +269,23 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
     best = cost.reshape(k, kk).argmin(1)
     cp = p.reshape(k, kk, -1)[torch.arange(k), best].cpu().numpy()
     return _inside(cp[labels], lower, upper)
+
+
+def _numba_priors(model, starts, yc, v, desc, lower, upper, lm_kwargs) -> np.ndarray:
+    """The centre fits of :func:`_kmeans_priors` with the numba kernel (same LM, same pick)."""
+    from ..fit import _loops_numba as nb
+
+    k, kk, P = starts.shape
+    p0 = np.ascontiguousarray(starts.reshape(-1, P))
+    p, cost = np.empty_like(p0), np.empty(p0.shape[0])
+    st, it = np.empty(p0.shape[0], np.int64), np.empty(p0.shape[0], np.int64)
+    nb.lm_problems(nb.MODEL_CODES[model.name], p0, yc, np.repeat(np.arange(k), kk),
+                   np.ascontiguousarray(v[desc]), np.ascontiguousarray(v[~desc]), lower, upper,
+                   np.asarray(model.block_order, dtype=np.int64),
+                   min(lm_kwargs["max_iter"], _PRIOR_MAX_ITER), lm_kwargs["ftol"],
+                   lm_kwargs["xtol"], LAM0, p, cost, st, it)
+    cost = np.where(np.isfinite(cost), cost, np.inf)
+    return p.reshape(k, kk, P)[np.arange(k), cost.reshape(k, kk).argmin(1)]
 
 
 def _take_state(state: dict | None, rows) -> dict | None:
@@ -338,7 +361,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
               channel: str | None = None, n_clusters: int = 8, max_iter: int = 100,
               ftol: float = 1e-5, xtol: float = 1e-7, race_iter: int | None = None, chunk_size: int = 4096,
               nucleation_fraction: float = 0.03, dtype: torch.dtype = torch.float64,
-              device: str | torch.device | None = None, seed: int = 0) -> LoopFitResult:
+              device: str | torch.device | None = None, seed: int = 0,
+              backend: Literal["auto", "numba", "torch"] = "auto") -> LoopFitResult:
     """Fit a hysteresis-loop model to every pixel at once (batched Levenberg-Marquardt).
 
     Parameters
@@ -378,6 +402,14 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         Where to fit; default the device of a torch input, else CPU.
     seed : int
         Seed of the k-means priors.
+    backend : {"auto", "numba", "torch"}
+        ``"numba"``: a compiled CPU kernel that fits one pixel at a time with its whole problem
+        in cache (:mod:`switchscope.fit._loops_numba`; same starts, race, LM, statuses and
+        quality as the torch path, computed in float64 throughout, so the race is not run in
+        float32; the first call in a fresh environment compiles it, ~20 s, cached on disk
+        after; ``dtype`` is ignored). ``"torch"``: batched torch kernels (CPU or GPU).
+        ``"auto"`` (default): torch (the numba kernel measured about as fast as torch on the
+        CPU, see docs/benchmarks.md, so it is not the default).
 
     Returns
     -------
@@ -395,9 +427,20 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     """
     mdl = get_model(model)
     _check_options(n_clusters, max_iter, ftol, xtol, chunk_size, nucleation_fraction, race_iter)
+    if backend not in ("auto", "numba", "torch"):
+        raise ConfigError(f"fit_loops: backend must be one of auto, numba, torch, got {backend!r}")
     X, grid, v, units, in_device = _resolve_input(data, voltage, channel)
     desc = sweep_masks(v)
     dev = torch.device(device) if device is not None else (in_device or torch.device("cpu"))
+    if backend == "numba" and dev.type != "cpu":
+        raise ConfigError(f"fit_loops: backend='numba' runs on the CPU only, got device {dev}; "
+                          "pass backend='torch' or device='cpu'")
+    if backend == "numba" and mdl.name not in _NUMBA_MODELS:
+        raise ConfigError(f"fit_loops: backend='numba' fits the models {', '.join(_NUMBA_MODELS)}, "
+                          f"got {mdl.name!r}; pass backend='torch'")
+    # "auto" is torch everywhere for now: the numba kernel measured no faster than torch on
+    # the CPU (docs/benchmarks.md, loops), below the 2x that would justify a second default path
+    use_numba = backend == "numba"
     tt = {"dtype": dtype, "device": dev}
     n, m = X.shape
     P = mdl.n_params
@@ -422,17 +465,22 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         Yn = (X[fitted] - c[:, None]) / s[:, None]
         Wn = finite[fitted]
         Yn = np.where(Wn, Yn, 0.0)
-        S = _starts(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt)  # (n_fit, K, P)
+        S = _starts(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt,
+                   use_numba)  # (n_fit, K, P)
         # the models evaluate the descending steps first, then the ascending ones
         order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
         Yn, Wn = Yn[:, order], Wn[:, order]
+        race = min(mdl.race_iter if race_iter is None else race_iter, max_iter)
+        if use_numba:
+            best_p, best_st, best_it, r2[fitted], stderr[fitted] = _fit_numba(
+                mdl, S, Yn, Wn, v, desc, lower, upper, lm_kwargs, race, max_iter, chunk_size)
         geometry = {"vd": torch.as_tensor(v[desc], **tt), "va": torch.as_tensor(v[~desc], **tt),
                     "lo": torch.as_tensor(lower, **tt), "hi": torch.as_tensor(upper, **tt)}
-        race = min(mdl.race_iter if race_iter is None else race_iter, max_iter)
-        best_p = np.empty((fitted.size, P))
-        best_st = np.empty(fitted.size, dtype=np.int64)
-        best_it = np.empty(fitted.size, dtype=np.int64)
-        for a in range(0, fitted.size, chunk_size):
+        if not use_numba:
+            best_p = np.empty((fitted.size, P))
+            best_st = np.empty(fitted.size, dtype=np.int64)
+            best_it = np.empty(fitted.size, dtype=np.int64)
+        for a in range(0, fitted.size if not use_numba else 0, chunk_size):
             b = min(a + chunk_size, fitted.size)
             best_p[a:b], best_st[a:b], best_it[a:b], r2[fitted[a:b]], stderr[fitted[a:b]] = _fit_chunk(
                 mdl, S[a:b], Yn[a:b], Wn[a:b], geometry, lm_kwargs, race, max_iter, tt)
@@ -450,6 +498,36 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
                          converged=converged, status=status, n_iter=n_iter, metrics=metrics,
                          fit=fit, voltage=v, descending=desc, model=mdl.name, grid=grid,
                          starts=starts_phys, units=units)
+
+
+def _fit_numba(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, v: np.ndarray,
+               desc: np.ndarray, lower: np.ndarray, upper: np.ndarray, lm_kwargs: dict, race: int,
+               max_iter: int, chunk_size: int):
+    """:func:`_fit_chunk` with the numba kernel, over chunks of ``chunk_size`` pixels (bounds the
+    contiguous copies); numba runs as many threads as torch is set to."""
+    import numba
+
+    from ..fit import _loops_numba as nb
+
+    n, _, P = S.shape
+    params, stderr = np.empty((n, P)), np.empty((n, P))
+    r2 = np.empty(n)
+    status, n_iter = np.empty(n, np.int64), np.empty(n, np.int64)
+    weighted = not bool(Wn.all())
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        for a in range(0, n, chunk_size):
+            b = min(a + chunk_size, n)
+            nb.fit_block(nb.MODEL_CODES[mdl.name], np.ascontiguousarray(S[a:b]),
+                         np.ascontiguousarray(Yn[a:b]), np.ascontiguousarray(Wn[a:b], dtype=float),
+                         weighted, np.ascontiguousarray(v[desc]), np.ascontiguousarray(v[~desc]),
+                         lower, upper, np.asarray(mdl.block_order, dtype=np.int64), race,
+                         _PRUNE_ITER, _PRUNE_RATIO, max_iter, lm_kwargs["ftol"], lm_kwargs["xtol"],
+                         LAM0, params[a:b], status[a:b], n_iter[a:b], r2[a:b], stderr[a:b])
+    finally:
+        numba.set_num_threads(before)
+    return params, status, n_iter, r2, stderr
 
 
 def _triage(X: np.ndarray, n_params: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -474,12 +552,14 @@ def _triage(X: np.ndarray, n_params: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _starts(mdl: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.ndarray, n_clusters: int, seed: int,
-            lm_kwargs: dict, lower: np.ndarray, upper: np.ndarray, tt: dict) -> np.ndarray:
+            lm_kwargs: dict, lower: np.ndarray, upper: np.ndarray, tt: dict,
+            use_numba: bool = False) -> np.ndarray:
     """The starts of every pixel ``(n, K, P)`` in normalized units: one data-driven guess per
     width of :data:`_GUESS_WIDTHS`, and a k-means prior when ``n_clusters > 0``."""
     starts = [_inside(mdl.guess(v, desc, Yn, width=wd), lower, upper) for wd in _GUESS_WIDTHS]
     if n_clusters > 0:
-        starts.append(_kmeans_priors(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt))
+        starts.append(_kmeans_priors(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt,
+                                     use_numba))
     return np.stack(starts, axis=1)
 
 
