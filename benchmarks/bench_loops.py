@@ -201,7 +201,9 @@ def main(argv=None) -> int:
                     help="synthetic loop counts for the scaling run")
     ap.add_argument("--with-250k", action="store_true",
                     help="add 250000 synthetic loops to the scaling run (chunked; a few minutes)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch (and numba) threads")
+    ap.add_argument("--backend", default="auto", choices=["auto", "numba", "torch"],
+                    help="fit_loops backend (auto: torch; numba: the compiled per-pixel kernel)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slices", type=int, default=5,
                     help="scipy runs in this many slices, each after a timing of the batched fit")
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
     pixels = np.sort(rng.choice(X.shape[0], n_sp, replace=False)) if n_sp < X.shape[0] \
         else np.arange(X.shape[0])
     results = {"machine": platform.platform(), "torch": torch.__version__,
-               "torch_threads": args.threads, "n_loops": int(X.shape[0]), "models": {},
+               "torch_threads": args.threads, "backend": args.backend, "n_loops": int(X.shape[0]), "models": {},
                "notes": ("batched_seconds/batched_cpu_seconds: best of the warm repeats (time.perf_counter / time.process_time, torch threads as given) on a machine shared with other jobs (see load_average_1min); scipy: one least_squares (trf, bounds) per pixel and start with an analytic numpy Jacobian written in the benchmark (checked against the library's), extrapolated to all pixels when scipy_pixels < n_loops; R2 compared on the same pixels; peak RSS includes the ~300 MB of the imported libraries")}
     for model in args.models:
         rss0 = peak_rss_mb()
@@ -223,13 +225,14 @@ def main(argv=None) -> int:
         # Python loop and the batched fit do not drift alike): the scipy pixels run in slices,
         # each after a timing of the batched fit, and the ratio compares the sums over the
         # same stretch of time.
-        t_b, c_b, res = timed_batched(X, v, model, repeats=args.repeats)
+        t_b, c_b, res = timed_batched(X, v, model, repeats=args.repeats, backend=args.backend)
         rss_b = peak_rss_mb()
         check_numpy_jacobians(v, {model: res.starts[pixels].reshape(-1, res.starts.shape[-1])})
         slices = np.array_split(np.arange(pixels.size), args.slices)
         t_s, r2_s, t_bs = 0.0, np.empty(pixels.size), []
         for sl in slices:
-            t_bs.append(timed_batched(X, v, model, repeats=args.repeats, warm=False)[0])
+            t_bs.append(timed_batched(X, v, model, repeats=args.repeats, warm=False,
+                                      backend=args.backend)[0])
             dt, r2_s[sl] = scipy_per_pixel(X, v, model, res.starts, pixels[sl])
             t_s += dt
         t_b_inter = float(np.median(t_bs))
@@ -275,7 +278,7 @@ def main(argv=None) -> int:
     for n in sizes:
         Y = synthetic_loops(args.models[0], n, v)
         t, c = time.perf_counter(), time.process_time()
-        res = fit_loops(Y, v, model=args.models[0])   # chunk_size=4096 pixels bounds the memory
+        res = fit_loops(Y, v, model=args.models[0], backend=args.backend)   # chunk_size=4096 pixels bounds the memory
         dt, dc = time.perf_counter() - t, time.process_time() - c
         scaling.append({"n_loops": n, "seconds": round(dt, 3), "cpu_seconds": round(dc, 3),
                         "us_per_loop": round(1e6 * dt / n, 1),
