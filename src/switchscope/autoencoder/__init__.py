@@ -2,8 +2,9 @@
 
 ``Autoencoder(config).fit(X)`` trains the paper's network family on normalized loops
 ``(n_pixels, n_steps)``; ``transform`` gives the sparse embeddings, ``reconstruct`` and ``decode``
-the loops. :mod:`.keras` loads the paper's published Keras weights into an exact inference twin;
-:mod:`.stage` is the pipeline stage.
+the loops; loops of shape ``(n_pixels, n_steps, n_channels)`` train one joint network on several
+channels at once (``[autoencoder] joint = true`` in the pipeline). :mod:`.keras` loads the
+paper's published Keras weights into an exact inference twin; :mod:`.stage` is the pipeline stage.
 """
 
 from .model import SparseLSTMAutoencoder, n_parameters
