@@ -88,7 +88,7 @@ def test_auto_range_catches_wild_values_and_keeps_the_resonance():
     med = np.median(finite)
     lo, hi = a["resonance_range_khz"]
     assert (lo + hi) / 2 == pytest.approx(np.median(res[np.isfinite(res)]), abs=1e-9)
-    assert lo > 1300 and hi < 1350 and lo < med < hi
+    assert lo > 1285 and hi < 1355 and lo < med < hi  # the film's f0 spreads over ~1312-1336 kHz
     truth = ds["truth_resonance"].values
     assert truth.min() > lo and truth.max() < hi    # every noise-free value is in range
     assert a["resonance_range_source"].startswith("auto")

@@ -169,7 +169,7 @@ def test_loops_are_square_with_saturation_in_ca_bands(flat):
         return np.array(out)
 
     w_ca, w_a = widths(ca), widths(flat["truth_domain"] == 1)
-    assert np.median(w_ca) < 3.0
+    assert np.median(w_ca) < 4.0  # switching as broad as the real film's (a 6 V 80-20 % median)
     assert np.median(w_a) > np.median(w_ca) + 1.0
 
 
@@ -272,10 +272,12 @@ def test_hardening_rises_before_switching_dip(flat):
     for res in (flat["truth_resonance"], res_meas):
         r_hi, d_hi, o_hi = rise_and_dip(res, high)
         r_lo, d_lo, _ = rise_and_dip(res, low)
-        assert np.median(r_hi) > 1.5  # kHz of hardening
-        assert np.median(r_lo) < 0.5
-        assert np.median(r_hi) > np.median(r_lo) + 2.0
-        assert np.median(d_hi) > 2.0 and np.median(d_lo) > 2.0  # softening at switching
+        # kHz, for the amplitudes calibrated on the real film (hardening up to 1.2 kHz, softening
+        # 1.4 kHz, noise 0.15 kHz; benchmarks/synthetic_vs_real.py)
+        assert np.median(r_hi) > 0.35  # kHz of hardening
+        assert np.median(r_lo) < 0.12
+        assert np.median(r_hi) > np.median(r_lo) + 0.45
+        assert np.median(d_hi) > 0.6 and np.median(d_lo) > 0.6  # softening at switching
         assert o_hi.mean() > 0.9
 
 
@@ -296,7 +298,7 @@ def test_channel_ranges_and_consistency(flat):
     v = flat["voltage"]
     ca = flat["truth_domain"] == 0
     # + state on the way down: +16 V (step 0) sits above +2.7 V (step 20)
-    assert np.median(res[ca, 0] - res[ca, 20]) > 1.0
+    assert np.median(res[ca, 0] - res[ca, 20]) > 0.4  # kHz; butterfly of 0.05 kHz/V
     q = flat["truth_quality_factor"]
     assert q.min() >= 175 and q.max() <= 310
     assert v[0] == 16

@@ -81,9 +81,13 @@ _STRIPE_PERIOD = 3.5
 _EDGE_BLUR = 0.5
 _PLATEAU_MAX = 6.0  # V, plateau width of a fully three-state pixel
 _HARDENING_LEAD = 3.0  # V before the coercive voltage
-_HARDENING_MAX = 5.0  # kHz
+_HARDENING_MAX = 1.2  # kHz (calibrated on the real film: benchmarks/synthetic_vs_real.py)
 _HEIGHT = 1.0e-4  # saturation response of a pure c pixel, like the paper's raw loops
 _BACKGROUND = 0.04  # out-of-phase background, in units of _HEIGHT
+_OFFSET = 0.09  # std of the per-pixel in-phase offset (artifact), in units of _HEIGHT
+_DIP = 1.4  # kHz, softening of the resonance at switching
+_BUTTERFLY = 0.05  # kHz per V of the resonance butterfly (paper waveform)
+_RESONANCE_NOISE = 10.0  # kHz of resonance noise per unit of ``noise``
 _VALID_RESONANCE = (1300.0, 1340.0)
 
 
@@ -113,7 +117,9 @@ class SyntheticConfig(StageConfig):
         Cycles of the waveform, back to back along ``step`` (the same film measured again).
     noise : float
         Standard deviation of the measurement noise relative to a c-domain loop's saturation
-        (piezoresponse); resonance and Q noise scale with it (20 kHz and 300 per unit).
+        (piezoresponse); resonance and Q noise scale with it (10 kHz and 300 per unit). The
+        default, 0.015, and the other amplitudes are calibrated on the paper's film
+        (``benchmarks/synthetic_vs_real.py``, ``docs/synthetic.md``).
     artifacts : bool
         Add noise, spikes, failed fits and out-of-range resonance values.
     spectra : bool
@@ -133,7 +139,7 @@ class SyntheticConfig(StageConfig):
     waveform_start: str = "+max"
     rising_first: bool | None = None
     n_cycles: int = 1
-    noise: float = 0.03
+    noise: float = 0.015
     artifacts: bool = True
     spectra: bool = False
     n_freq: int = 24
@@ -261,13 +267,13 @@ def _maps(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarra
     hard = np.clip(0.75 * near_edge + 0.35 * slow + 0.1 * f3, 0.0, 1.0)
 
     height = _HEIGHT * (0.4 + 0.6 * c_fraction) * (1.0 + 0.04 * f4)
-    width = 1.1 + 1.5 * (1.0 - ca_weight) + 0.15 * f5 ** 2
+    width = 1.8 + 1.2 * (1.0 - ca_weight) + 0.15 * f5 ** 2
     plateau = _PLATEAU_MAX * three
     # coercive voltages in units of the paper's 16 V waveform, then kept inside the window
     scale = float(cfg.v_max) / 16.0
-    imprint = scale * (1.0 + 0.5 * f4 + 0.4 * (1.0 - ca_weight))
-    half = scale * (6.5 + 0.6 * f5 + 1.0 * (1.0 - ca_weight) - 0.8 * three)
-    room = float(cfg.v_max) - np.abs(imprint) - plateau / 2 - 2.5 * width
+    imprint = scale * (0.9 + 0.8 * f4 + 0.3 * (1.0 - ca_weight))
+    half = scale * (7.3 + 0.6 * f5 + 1.0 * (1.0 - ca_weight) - 0.8 * three - 0.3 * f4)
+    room = float(cfg.v_max) - np.abs(imprint) - plateau / 2 - 2.0 * width
     half = np.clip(half, 1.5 * width, np.maximum(room, 1.5 * width))
     return {
         "domain": domain,
@@ -282,7 +288,7 @@ def _maps(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarra
         "width": width,
         "plateau": plateau,
         "ca_weight": ca_weight,
-        "f0": 1324.0 + 3.0 * (1.0 - ca_weight) + 0.8 * f2,
+        "f0": 1320.0 + 6.0 * (1.0 - ca_weight) + 2.5 * f2,
         "q0": 265.0 - 25.0 * (1.0 - ca_weight) + 8.0 * f3,
     }
 
@@ -311,9 +317,9 @@ def _curves(m: dict[str, np.ndarray], voltage: np.ndarray) -> dict[str, np.ndarr
     # (before the first sub-step of a three-state pixel, so the broad dip does not hide it)
     lead = np.where(descending, 1.0, -1.0) * (_HARDENING_LEAD * voltage.max() / 16.0 + d / 2)
     spread = np.sqrt(w**2 + (d / 2) ** 2)
-    dip = 4.5 * np.exp(-(((v - c) / (1.2 * spread)) ** 2))
+    dip = _DIP * np.exp(-(((v - c) / (1.2 * spread)) ** 2))
     bump = _HARDENING_MAX * m["hardening"][..., None] * np.exp(-(((v - c - lead) / 1.3) ** 2))
-    beta = 0.15 * 16.0 / voltage.max()
+    beta = _BUTTERFLY * 16.0 / voltage.max()
     resonance = m["f0"][..., None] + beta * state * v - dip + bump
     quality = m["q0"][..., None] - 55.0 * np.exp(-(((v - c) / (1.5 * spread)) ** 2)) \
         - 0.8 * np.abs(v) * 16.0 / voltage.max()
@@ -336,8 +342,14 @@ def _corrupt(cfg: SyntheticConfig, truth: dict[str, np.ndarray],
     # noise on the complex response keeps piezoresponse = amplitude * cos(phase) exact
     re = truth["piezoresponse"] + sigma * rng.standard_normal(shape)
     im = b + sigma * rng.standard_normal(shape)
-    resonance = truth["resonance"] + 20.0 * cfg.noise * rng.standard_normal(shape)
+    resonance = truth["resonance"] + _RESONANCE_NOISE * cfg.noise * rng.standard_normal(shape)
     quality = truth["quality_factor"] + 300.0 * cfg.noise * rng.standard_normal(shape)
+
+    # a per-pixel in-phase offset (electrostatic background), spatially smooth: the real film's
+    # second principal component
+    rows, cols = shape[0], shape[1]
+    offset = _OFFSET * _HEIGHT * _smooth_field(rng, rows, cols, 1.5).reshape(rows, cols, *([1] * (len(shape) - 2)))
+    re = re + offset
 
     spikes = rng.random(shape) < cfg.spike_fraction
     sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
@@ -349,8 +361,9 @@ def _corrupt(cfg: SyntheticConfig, truth: dict[str, np.ndarray],
 
     low, high = _VALID_RESONANCE
     out = rng.random(shape) < cfg.out_of_range_fraction
-    wild = np.where(sign < 0, rng.uniform(low - 40.0, low - 2.0, shape),
-                    rng.uniform(high + 2.0, high + 40.0, shape))
+    # far enough out that a robust range of the calibrated film (median +- 8 MADs) sees them too
+    wild = np.where(sign < 0, rng.uniform(low - 60.0, low - 15.0, shape),
+                    rng.uniform(high + 15.0, high + 60.0, shape))
     resonance = np.where(out, wild, resonance)
 
     amplitude = np.hypot(re, im)
@@ -374,7 +387,7 @@ def _corrupt(cfg: SyntheticConfig, truth: dict[str, np.ndarray],
 
 def make_dataset(rows: int = 60, cols: int = 60, seed: int = 0, *, n_steps: int = 96,
                  v_max: float = 16.0, waveform_start: str = "+max", rising_first: bool | None = None,
-                 n_cycles: int = 1, noise: float = 0.03, artifacts: bool = True,
+                 n_cycles: int = 1, noise: float = 0.015, artifacts: bool = True,
                  spectra: bool = False, n_freq: int = 24, spike_fraction: float = 0.003,
                  failed_fraction: float = 0.003, out_of_range_fraction: float = 0.004
                  ) -> xr.Dataset:
