@@ -31,8 +31,14 @@ holds exactly, noise included. The resonance frequency is a butterfly ``f0 + bet
 the branch's normalized polarization) that softens (dips) at switching and, with strength
 ``truth_hardening``, hardens (rises) about 3 V before it. Q is about 230-270 and drops at switching.
 
-*Artifacts* (``artifacts=True``): Gaussian noise, spikes, failed fits (NaN or Inf in every channel
-at a point; never a whole pixel) and resonance values outside the paper's valid 1300-1340 kHz.
+*Artifacts* (``artifacts=True``): Gaussian noise, a smooth per-pixel in-phase offset (the real
+film's second principal component), spikes, failed fits (NaN or Inf in every channel at a point;
+never a whole pixel) and resonance values outside the paper's valid 1300-1340 kHz.
+
+*Calibration.* Noise, switching width, coercive and imprint spreads, the offset, and the resonance
+amplitudes (f0 spread over pixels against butterfly, softening, hardening and noise within a pixel)
+are set so that the film's statistics match the paper's film within a factor of 1.5 where they
+can (``benchmarks/synthetic_vs_real.py``, ``docs/synthetic.md``).
 The noise-free curves are kept as ``truth_<channel>``.
 
 *Spectra* (``spectra=True``): raw band-excitation responses per step from the simple harmonic
