@@ -446,3 +446,23 @@ def test_bad_options(keras_dir, res_net):
         res_net.decode(np.zeros((1, 16)), decoder="other")
     with pytest.raises(ConfigError, match=r"n_steps must be a positive integer"):
         load_keras_decoder(keras_dir / RES_DECODER, n_steps=0)
+
+
+@pytest.mark.parametrize("channel, active", [("piezoresponse", [1, 7, 11, 12, 15]), ("resonance", [4, 6, 11, 15])])
+def test_twin_reproduces_the_papers_published_embeddings(channel, active, keras_dir, piezo_clean, real_resonance):
+    """The authors' own embeddings (../shared/data/published_embeddings, extracted with dropout
+    active): the twin's deterministic pass finds the same active neurons, each correlated >= 0.95."""
+    from switchscope.autoencoder import active_neurons
+
+    path = keras_dir.parent / "published_embeddings" / f"{channel}_embedding.npy"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    published = np.load(path, allow_pickle=False)
+    X = piezo_clean if channel == "piezoresponse" else real_resonance
+    Z = load_pretrained(channel, keras_dir).transform(X)
+    assert published.shape == Z.shape == (3600, 16)
+    assert list(np.flatnonzero(active_neurons(Z))) == active
+    assert list(np.flatnonzero(active_neurons(published))) == active
+    for j in active:
+        r = np.corrcoef(Z[:, j], published[:, j])[0, 1]
+        assert r >= 0.95, (channel, j, r)
