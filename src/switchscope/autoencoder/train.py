@@ -548,22 +548,28 @@ class Autoencoder:
         -------
         self
         """
+        from ._distributed import setup
+
         cfg = self._cfg()
         arr, like = _check_loops(X)
         device = _resolve_device(cfg.device, like)
+        dist, device = setup(device)
         old_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         try:
-            self._fit(arr, cfg, device, checkpoint_dir, resume, list(callbacks), progress)
+            self._fit(arr, cfg, device, checkpoint_dir, resume, list(callbacks), progress, dist)
         finally:
             if cfg.threads:
                 torch.set_num_threads(old_threads)
         return self
 
     def _fit(self, arr: np.ndarray, cfg: AutoencoderConfig, device: torch.device,
-             checkpoint_dir: str | Path | None, resume: bool, callbacks: list, progress: bool) -> None:
+             checkpoint_dir: str | Path | None, resume: bool, callbacks: list, progress: bool,
+             dist: Any = None) -> None:
         from tqdm.auto import tqdm
+
+        from ._distributed import failure, sync_batch_norms
 
         n, n_steps = arr.shape[:2]
         seed = self._seed()
@@ -586,8 +592,31 @@ class Autoencoder:
                 "n_steps": n_steps, "n_pixels": n, "l1": l1, "n_channels": n_channels}
 
         ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
-         best_state) = self._start_or_resume(ckdir, resume, cfg, model, opt, meta, device)
+        net: nn.Module = model
+        if dist is None:
+            (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
+             best_state) = self._start_or_resume(ckdir, resume, cfg, model, opt, meta, device)
+        else:
+            # Rank 0 alone reads and writes the checkpoint folder; the others get its state.
+            dist.same_everywhere("loops or config", (arr.shape, float(np.sum(arr, dtype=np.float64)),
+                                                     json.dumps(cfg.to_dict(), sort_keys=True, default=str)))
+            start = None
+            if dist.rank == 0:
+                try:
+                    start = self._start_or_resume(ckdir, resume, cfg, model, opt, meta, device)
+                    start = _to_cpu((start, model.state_dict(), opt.state_dict()))
+                except Exception as exc:
+                    start = failure(exc)
+            else:
+                ckdir = None
+            (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
+             best_state), weights, opt_state = dist.from_rank0(start)
+            if dist.rank:
+                model.load_state_dict(weights)
+                opt.load_state_dict(opt_state)
+                best_state = {k: v.to(device) for k, v in best_state.items()}
+            sync_batch_norms(model, True)
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
         refine_share = 0.15 if cfg.refine_epochs else 0.0
         train_budget = cfg.max_seconds * (1 - refine_share) if cfg.max_seconds else None
@@ -599,17 +628,21 @@ class Autoencoder:
         desc = f"autoencoder {self.channel or ''}".strip()
         if train_budget is not None:
             desc += f" (stops at {cfg.epochs} epochs or {train_budget:.0f} s)"
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, disable=not progress, desc=desc,
-                   unit="epoch", leave=False)
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, disable=not progress or bool(dist and dist.rank),
+                   desc=desc, unit="epoch", leave=False)
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 elapsed = time.perf_counter() - t0
-                if train_budget is not None and epoch > start_epoch and elapsed + last_epoch_time > train_budget:
-                    stop_reason = "max_seconds"
-                    break
+                if train_budget is not None and epoch > start_epoch:
+                    over = elapsed + last_epoch_time > train_budget
+                    if dist is not None:  # every rank stops at the same epoch
+                        over = dist.max(float(over)) > 0
+                    if over:
+                        stop_reason = "max_seconds"
+                        break
                 te = time.perf_counter()
                 sum_loss, sum_mse, count, lr, out_of_time = _train_epoch(
-                    model, opt, Xtr, cfg, l1, seed, epoch, batches, total_steps, t0, train_budget, device)
+                    net, opt, Xtr, cfg, l1, seed, epoch, batches, total_steps, t0, train_budget, device, dist)
                 if out_of_time:
                     stop_reason = "max_seconds"
                 if not math.isfinite(sum_loss):
@@ -618,7 +651,7 @@ class Autoencoder:
                 row: dict[str, Any] = {"epoch": epoch, "loss": sum_loss / max(count, 1), "mse": sum_mse / max(count, 1),
                                        "lr": lr}
                 if n_val:
-                    vm, vp = _evaluate(model, Xva, l1, cfg.l1_reduction, cfg.batch_size)
+                    vm, vp = _evaluate(model, Xva, l1, cfg.l1_reduction, cfg.batch_size, dist)
                     row["val_mse"], row["val_loss"] = vm, vm + vp
                     score = row["val_loss"]
                 else:
@@ -651,6 +684,8 @@ class Autoencoder:
                     break
         finally:
             bar.close()
+            if dist is not None:
+                sync_batch_norms(model, False)
 
         model.load_state_dict(best_state)
         model.eval()
@@ -967,6 +1002,17 @@ def _save_history(ckdir: Path, emb_hist: list[tuple[int, np.ndarray]]) -> None:
                    "embeddings": torch.as_tensor(np.stack([z for _, z in emb_hist]))})
 
 
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested tuples, lists, dicts) moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _embed(model: SparseLSTMAutoencoder, x: torch.Tensor) -> np.ndarray:
     was = model.training
     model.eval()
@@ -980,34 +1026,54 @@ def _embed(model: SparseLSTMAutoencoder, x: torch.Tensor) -> np.ndarray:
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor, cfg: AutoencoderConfig,
                  l1: float, seed: int, epoch: int, batches: int, total_steps: int, t0: float,
-                 train_budget: float | None, device: torch.device) -> tuple[float, float, int, float, bool]:
+                 train_budget: float | None, device: torch.device,
+                 dist: Any = None) -> tuple[float, float, int, float, bool]:
     """One epoch of minibatch Adam on the training loops, in an order and with dropout drawn from
     ``(seed, epoch)`` alone (so a resumed run repeats an uninterrupted one). The learning rate and
     the L1 warm-up follow the run's progress: steps done out of all steps, or seconds spent out of
     the time budget when that is further along. Returns ``(sum of losses, sum of MSEs, loops seen,
-    last learning rate, out of time)``; the sums are over loops, for the epoch's means."""
+    last learning rate, out of time)``; the sums are over loops, for the epoch's means.
+
+    Under DistributedDataParallel (``dist``, ``model`` wrapped) every rank draws the same order,
+    cuts the same global batches and trains on its share ``batch[rank::world]`` of each (the
+    shard rule of ``DistributedSampler``, applied per batch so that nothing is padded or dropped);
+    each rank's loss is weighted so that the gradients DDP averages are those of the global
+    batch, and the returned sums are over all ranks (the one-process numbers).
+    """
     model.train()
     order = torch.as_tensor(np.random.default_rng([seed, epoch]).permutation(len(Xtr)), device=device)
     sum_loss = sum_mse = 0.0
     count = 0
     lr = cfg.lr
+    out_of_time = False
+    smallest = 2 if dist is None else max(2, dist.world)  # batch norm needs two samples, each rank one
+    dropout_seed = seed * 1_000_003 + epoch
+    if dist is not None and dist.rank:  # independent dropout masks per rank
+        dropout_seed = int(np.random.SeedSequence([seed, epoch, dist.rank]).generate_state(1)[0])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed * 1_000_003 + epoch)
+        torch.manual_seed(dropout_seed)
         for b in range(batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if len(idx) < 2:  # batch norm needs two samples
+            if len(idx) < smallest:
                 continue
             p = (epoch * batches + b) / total_steps
             if train_budget is not None:
                 spent = (time.perf_counter() - t0) / train_budget
+                if dist is not None:  # one clock for all ranks: the same learning rate and stop
+                    spent = dist.max(spent)
                 if spent >= 1.0 and count:
                     # out of time mid-epoch (a slow or busy CPU): score what we have
-                    return sum_loss, sum_mse, count, lr, True
+                    out_of_time = True
+                    break
                 p = max(p, spent)
             lr = lr_at(p, cfg.lr, cfg.schedule)
             l1_now = l1 * min(1.0, p / cfg.l1_warmup) if cfg.l1_warmup else l1
             for g in opt.param_groups:
                 g["lr"] = lr
+            if dist is not None:
+                part_loss, part_mse, n_r = _train_step_ddp(model, opt, Xtr, idx, cfg, l1_now, dist)
+                sum_loss, sum_mse, count = sum_loss + part_loss, sum_mse + part_mse, count + n_r
+                continue
             xb = Xtr[idx]
             rec, z = model(xb)
             mse = torch.mean((rec - xb) ** 2)
@@ -1020,23 +1086,59 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor
             sum_loss += float(loss.detach()) * len(idx)
             sum_mse += float(mse.detach()) * len(idx)
             count += len(idx)
-    return sum_loss, sum_mse, count, lr, False
+    if dist is not None:
+        sum_loss, sum_mse, total = dist.sum(sum_loss, sum_mse, count)
+        count = int(total)
+    return sum_loss, sum_mse, count, lr, out_of_time
+
+
+def _train_step_ddp(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor, idx: torch.Tensor,
+                    cfg: AutoencoderConfig, l1: float, dist: Any) -> tuple[float, float, int]:
+    """One step on this rank's share of the global batch ``idx``; returns this rank's part of the
+    global batch's (loss x loops, MSE x loops, loops).
+
+    DDP averages the ranks' gradients, so rank ``r`` with ``n_r`` of the ``n`` loops minimizes
+    ``w * mse_r + w * pen_r`` with ``w = n_r * world / n`` (``"mean"`` penalty), or
+    ``w * mse_r + world * pen_r`` (``"sum"``: the global penalty is the sum of the ranks'): the
+    average over ranks is then the one-process loss of the global batch.
+    """
+    local = idx[dist.rank::dist.world]
+    n_r, n = len(local), len(idx)
+    xb = Xtr[local]
+    rec, z = model(xb)
+    mse = torch.mean((rec - xb) ** 2)
+    pen = l1_penalty(z, l1, cfg.l1_reduction)
+    w = n_r * dist.world / n
+    loss = w * mse + (w if cfg.l1_reduction == "mean" else dist.world) * pen
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    opt.step()
+    m, q = float(mse.detach()), float(pen.detach())
+    return m * n_r + q * (n_r if cfg.l1_reduction == "mean" else n), m * n_r, n_r
 
 
 def _evaluate(model: SparseLSTMAutoencoder, x: torch.Tensor, l1: float, reduction: L1Reduction,
-              batch_size: int) -> tuple[float, float]:
+              batch_size: int, dist: Any = None) -> tuple[float, float]:
     """(MSE, penalty) of ``x`` in inference mode; the penalty is averaged over batches of
-    ``batch_size`` as Keras reports ``val_loss``."""
+    ``batch_size`` as Keras reports ``val_loss``. Under DDP (``dist``) the ranks share the batches
+    (batch ``k`` on rank ``k % world``) and the sums are added over ranks: every rank gets the
+    one-process value."""
     was = model.training
     model.eval()
     sse = pen = 0.0
     with torch.no_grad():
-        for b in range(0, len(x), batch_size):
+        for k, b in enumerate(range(0, len(x), batch_size)):
+            if dist is not None and k % dist.world != dist.rank:
+                continue
             xb = x[b:b + batch_size]
             rec, z = model(xb)
             sse += float(torch.sum((rec - xb) ** 2))
             pen += float(l1_penalty(z, l1, reduction)) * len(xb)
     model.train(was)
+    if dist is not None:
+        sse, pen = dist.sum(sse, pen)
     return sse / x.numel(), pen / len(x)
 
 
