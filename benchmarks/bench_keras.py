@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -79,6 +81,92 @@ def reference_forward(weights: dict[str, np.ndarray], loop: np.ndarray) -> tuple
     return z, (y @ w("time_distributed_1/kernel") + w("time_distributed_1/bias"))[:, 0]
 
 
+# ---------------------------------------------------------------------------------------------
+# "Before": the twin's LSTM as it was up to commit 030db9d (pixels in the middle, per-step
+# allocations), kept here only so that before/after run in the same process.
+# ---------------------------------------------------------------------------------------------
+
+def _old_prepare_weights(
+    kernel: torch.Tensor, recurrent_kernel: torch.Tensor, bias: torch.Tensor, recurrent_activation: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    u = recurrent_kernel.shape[1]
+    order = torch.cat([torch.arange(0, 2 * u), torch.arange(3 * u, 4 * u), torch.arange(2 * u, 3 * u)])
+    W, U, b = kernel[..., order], recurrent_kernel[..., order], bias[..., order]
+    if recurrent_activation == "hard_sigmoid":
+        scale = torch.ones(4 * u, dtype=W.dtype, device=W.device)
+        scale[: 3 * u] = 0.2
+        shift = torch.zeros(4 * u, dtype=W.dtype, device=W.device)
+        shift[: 3 * u] = 0.5
+        W, U, b = W * scale, U * scale, b * scale + shift
+    return W.contiguous(), U.contiguous(), b.contiguous()
+
+
+def _old_lstm_stack(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    recurrent_kernel: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    act: Callable[[torch.Tensor], torch.Tensor] = torch.tanh,
+    recurrent_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    return_sequences: bool = True,
+) -> torch.Tensor:
+    d, n, steps, _ = x.shape
+    units = recurrent_kernel.shape[1]
+    # The input projection has no recurrence: one large product (bias fused) for all steps.
+    xw = torch.baddbmm(bias.unsqueeze(1), x.reshape(d, n * steps, -1), kernel).view(d, n, steps, -1)
+    h = x.new_zeros(d, n, units)
+    c = x.new_zeros(d, n, units)
+    outputs = [] if return_sequences else None
+    for t in range(steps):
+        z = torch.baddbmm(xw[:, :, t], h, recurrent_kernel)
+        if recurrent_act is None:
+            gates = z[..., : 3 * units].clamp_(0.0, 1.0)
+        else:
+            gates = recurrent_act(z[..., : 3 * units])
+        i, f, o = gates.split(units, dim=-1)
+        c = torch.addcmul(f * c, i, act(z[..., 3 * units:]))
+        h = o * act(c)
+        if outputs is not None:
+            outputs.append(h)
+    if outputs is None:
+        return h
+    return torch.stack(outputs, dim=2)
+
+
+def _old_layer_forward(self, x):
+    import torch
+
+    if not hasattr(self, "_old_weights"):
+        self._old_weights = _old_prepare_weights(self.kernel.detach(), self.recurrent_kernel.detach(),
+                                                 self.bias.detach(), self.spec["recurrent_activation"])
+    seq = self.spec["return_sequences"]
+    xs = torch.stack([x, torch.flip(x, dims=[1])]) if self.spec["bidirectional"] else x.unsqueeze(0)
+    out = _old_lstm_stack(xs, *self._old_weights, act=self._act, recurrent_act=self._rec_act, return_sequences=seq)
+    if not self.spec["bidirectional"]:
+        return out[0]
+    fwd, bwd = out[0], out[1]
+    if seq:
+        bwd = torch.flip(bwd, dims=[1])
+    return torch.cat([fwd, bwd], dim=-1)  # the published networks merge by concat
+
+
+def time_twin(net, X: np.ndarray, batch_size: int, implementation: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Embeddings, reconstructions, wall and CPU seconds of transform + decode with one implementation."""
+    from switchscope.autoencoder.keras._layers import _LSTMLayer
+
+    new_forward = _LSTMLayer.forward
+    if implementation == "before":
+        _LSTMLayer.forward = _old_layer_forward
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        Z = net.transform(X, batch_size=batch_size)
+        R = net.autoencoder.decode(Z, batch_size=batch_size)
+        return Z, R, time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        _LSTMLayer.forward = new_forward
+
+
 def _weights(path: Path) -> dict[str, np.ndarray]:
     import h5py
 
@@ -116,10 +204,8 @@ def run(channel: str, batch_size: int, n_base: int) -> dict:
     t0 = time.perf_counter()
     net = load_pretrained(channel, KERAS)
     t_load = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    Z = net.transform(X, batch_size=batch_size)
-    R = net.autoencoder.decode(Z, batch_size=batch_size)
-    t_ours, cpu_ours = time.perf_counter() - t0, time.process_time() - c0
+    Zb, Rb, t_before, cpu_before = time_twin(net, X, batch_size, "before")
+    Z, R, t_ours, cpu_ours = time_twin(net, X, batch_size, "after")
     t0 = time.perf_counter()
     Rr = net.decode(Z, batch_size=batch_size)
     t_refined = time.perf_counter() - t0
@@ -149,6 +235,12 @@ def run(channel: str, batch_size: int, n_base: int) -> dict:
         "cpu_seconds_ours_autoencoder_all_pixels": cpu_ours,
         "cpu_seconds_baseline_extrapolated": cpu_base,
         "speedup": t_base / t_ours,
+        # The same twin before the feature-major rewrite, timed in this process just before.
+        "seconds_before_autoencoder_all_pixels": t_before,
+        "cpu_seconds_before_autoencoder_all_pixels": cpu_before,
+        "speedup_vs_before": t_before / t_ours,
+        "cpu_speedup_vs_before": cpu_before / cpu_ours,
+        "max_abs_difference_before_after": max(float(np.abs(Z - Zb).max()), float(np.abs(R - Rb).max())),
         "max_abs_deviation_float32_twin_vs_float64_reference": dev,
         "mse_all_autoencoder": mse(R),
         "mse_val_autoencoder": mse(R, val),
@@ -181,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     for ch, r in results["networks"].items():
+        print(f"{ch:14s} before {r['seconds_before_autoencoder_all_pixels']:.1f} s "
+              f"({r['cpu_seconds_before_autoencoder_all_pixels']:.1f} CPU s); max |after - before| "
+              f"{r['max_abs_difference_before_after']:.1e}")
         print(f"{ch:14s} twin {r['seconds_ours_autoencoder_all_pixels']:.1f} s "
               f"({r['cpu_seconds_ours_autoencoder_all_pixels']:.1f} CPU s) vs per-pixel numpy "
               f"{r['seconds_baseline_per_pixel_numpy_extrapolated']:.0f} s "

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._hardlstm import activation, lstm_stack, prepare_weights
+from .._hardlstm import activation, buffer, lstm_stack, prepare_weights
 
 # ---------------------------------------------------------------------------------------------
 # Layers (inference only)
@@ -38,26 +38,43 @@ class _LSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.spec["return_sequences"]
-        if self.spec["bidirectional"]:
-            xs = torch.stack([x, torch.flip(x, dims=[1])])
+        # (n, steps, f) -> (steps, f, n): lstm_stack keeps pixels last. The previous LSTM layer
+        # returns a permuted view of that layout, so this permute gives back a contiguous tensor.
+        xt = x.permute(1, 2, 0)
+        if not self.spec["bidirectional"]:
+            xs = xt.unsqueeze(0)
+        elif xt.stride(0) == 0:
+            xs = xt.unsqueeze(0).expand(2, *xt.shape)  # constant in time (RepeatVector): its own reverse
         else:
-            xs = x.unsqueeze(0)
+            xs = buffer("layer_xs", (2, *xt.shape), xt)
+            xs[0].copy_(xt)
+            torch.index_select(xt, 0, self._reversed(xt.shape[0], xt.device), out=xs[1])
         out = lstm_stack(xs, self._W, self._U, self._b, act=self._act,
                          recurrent_act=self._rec_act, return_sequences=seq)
+        # out: (d, steps, units, n) or (d, units, n); the result goes back to (n, steps, f) or (n, f)
+        # as a view, so the next layer's permute is free.
         if not self.spec["bidirectional"]:
-            return out[0]
-        fwd, bwd = out[0], out[1]
-        if seq:
-            # Keras re-reverses the backward outputs so that step t lines up with step t.
-            bwd = torch.flip(bwd, dims=[1])
-        mode = self.spec["merge_mode"]
-        if mode == "concat":
-            return torch.cat([fwd, bwd], dim=-1)
-        if mode == "sum":
-            return fwd + bwd
-        if mode == "mul":
-            return fwd * bwd
-        return 0.5 * (fwd + bwd)
+            y = out[0]
+        else:
+            fwd, bwd = out[0], out[1]
+            if seq:
+                # Keras re-reverses the backward outputs so that step t lines up with step t.
+                bwd = torch.index_select(bwd, 0, self._reversed(bwd.shape[0], bwd.device),
+                                         out=buffer("layer_bwd", bwd.shape, bwd))
+            mode = self.spec["merge_mode"]
+            if mode == "concat":
+                y = torch.cat([fwd, bwd], dim=-2, out=buffer("layer_out", (*fwd.shape[:-2], 2 * fwd.shape[-2], fwd.shape[-1]), fwd))
+            elif mode == "sum":
+                y = fwd + bwd
+            elif mode == "mul":
+                y = fwd * bwd
+            else:
+                y = 0.5 * (fwd + bwd)
+        return y.permute(2, 0, 1) if seq else y.t()
+
+    @staticmethod
+    def _reversed(steps: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(steps - 1, -1, -1, device=device)
 
     def extra_repr(self) -> str:
         s = self.spec
