@@ -136,3 +136,41 @@ def test_a_time_budget_stops_every_rank_at_the_same_step(two_ranks):
     assert a["stop_reason"] == b["stop_reason"] == "max_seconds"
     assert 1 <= len(a["history"]) == len(b["history"]) < 10_000
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+
+
+PIPELINE_WORKER = """
+import json, os, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_ddp import CONFIGS, _dataset
+from switchscope import pipeline
+
+cfg = CONFIGS["mean"].replace(channels=("resonance",), refine_epochs=0, epochs=2)
+ds = pipeline.run(_dataset(), {out!r}, configs={{"autoencoder": cfg}}, stages=["autoencoder"], progress=False)
+print("RESULT", os.environ["RANK"], json.dumps(ds["embedding_resonance"].values.tolist()), flush=True)
+"""
+
+
+def _dataset():
+    from switchscope import make_dataset
+
+    X = _loops(42, 16).reshape(6, 7, 16)
+    return make_dataset({"resonance": 1320 + 5 * X}, 16 * np.cos(np.linspace(0, 2 * np.pi, 16)))
+
+
+def test_switchscope_run_under_torchrun_writes_only_from_rank_0(tmp_path):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    script = tmp_path / "worker.py"
+    out = tmp_path / "out"
+    script.write_text(PIPELINE_WORKER.format(tests=str(Path(__file__).parent), out=str(out)))
+    proc = _torchrun([str(script)], cwd=work)
+    emb = {int(line.split(" ", 2)[1]): np.array(json.loads(line.split(" ", 2)[2]))
+           for line in proc.stdout.splitlines() if line.startswith("RESULT ")}
+    assert sorted(emb) == [0, 1]
+    np.testing.assert_array_equal(emb[0], emb[1])  # every rank trained the same network
+    # one output folder, written once (a second writer would have raced on it or left a partial folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "out", "worker.py"]
+    assert list(work.iterdir()) == []
+    assert {"results.nc", "summary.json", "models"} <= {p.name for p in out.iterdir()}
+    assert proc.stdout.count("results written to") == 1

@@ -9,7 +9,9 @@ interrupted run never destroys earlier results and never leaves a half-written f
 from __future__ import annotations
 
 import importlib
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -176,6 +178,9 @@ def run(
         from .io.config import data_paths
 
         inputs.extend(data_paths(configs.get("data")))
+    if _torchrun_rank() != 0:
+        return _run_other_rank(data, configs, names, explicit=stages is not None, seed=seed, device=device,
+                               pretrained=pretrained, load_options=load_options, inputs=inputs)
     resolved = check_output_place(out, inputs)
     with locked(resolved):
         recover(resolved)  # what killed runs left here, before judging what is there
@@ -198,6 +203,33 @@ def run(
     log(f"results written to {out}/ (results.nc, summary.json"
         + (", report/index.html)" if "report" in names else ")"))
     return ds
+
+
+def _torchrun_rank() -> int:
+    """This process's rank when started by torchrun (``WORLD_SIZE`` > 1), else 0."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0
+    from .autoencoder._distributed import world_rank
+
+    return world_rank()[0]
+
+
+def _run_other_rank(data: xr.Dataset | str | Path | None, configs: Mapping[str, StageConfig], names: list[str], *,
+                    explicit: bool, seed: int, device: str, pretrained: str | None,
+                    load_options: Mapping[str, Any] | None, inputs: list) -> xr.Dataset:
+    """A torchrun rank other than 0: only the autoencoder's training is distributed, so this rank
+    runs the stages up to the autoencoder (the same input to its fit as rank 0's), silently, in a
+    scratch folder that it deletes, and writes nothing to the output (rank 0 alone does, as in a
+    one-process run). Returns its dataset, which the caller should not save."""
+    ds = load_data(data, configs, load_options)
+    names = preflight(ds, names, configs, explicit=explicit, device=device, pretrained=pretrained)
+    if "autoencoder" not in names:
+        return ds
+    names = names[:names.index("autoencoder") + 1]
+    input_dir = Path(inputs[0]).resolve().parent if inputs else None
+    with tempfile.TemporaryDirectory(prefix="switchscope-rank-") as scratch:
+        return _run_stages(ds, names, configs, Path(scratch), seed=seed, device=device, pretrained=pretrained,
+                           progress=False, log=lambda msg: None, load_seconds=0.0, input_dir=input_dir)
 
 
 def preflight(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageConfig], *, explicit: bool,
