@@ -13,7 +13,7 @@ Recorded: wall times, reconstruction MSE of the autoencoder's own decoder and of
 decoder on all pixels and on the held-out 10% (``numpy.random.default_rng(0).permutation(3600)``,
 last 360), active embedding neurons, the log's val_loss at the checkpoint's epoch.
 
-    python benchmarks/bench_keras.py [--threads 1] [--batch-size 256] [--baseline-pixels 40]
+    python benchmarks/bench_keras.py [--threads 2] [--batch-size 256] [--baseline-pixels 40]
                                      [--out benchmarks/results/keras.json]
 """
 
@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -257,7 +258,7 @@ def run(channel: str, batch_size: int, n_base: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--channel", choices=("resonance", "piezoresponse", "both"), default="both")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy CPU)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the twin runs one part of each batch per thread)")
     ap.add_argument("--batch-size", type=int, default=256, help="pixels per forward pass of the twin")
     ap.add_argument("--baseline-pixels", type=int, default=40, help="pixels the per-pixel baseline runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -267,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     channels = ("resonance", "piezoresponse") if args.channel == "both" else (args.channel,)
+    load_before = os.getloadavg()
     results = {"threads": args.threads, "batch_size": args.batch_size, "python": sys.version.split()[0],
                "torch": torch.__version__, "machine": platform.machine(),
                "networks": {ch: run(ch, args.batch_size, args.baseline_pixels) for ch in channels}}
+    # The machine is shared: the load average (1, 5, 15 min) says how much of it the run had.
+    results["load_average_before"], results["load_average_after"] = list(load_before), list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     for ch, r in results["networks"].items():

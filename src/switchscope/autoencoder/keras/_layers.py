@@ -63,7 +63,8 @@ class _LSTMLayer(nn.Module):
                                          out=buffer("layer_bwd", bwd.shape, bwd))
             mode = self.spec["merge_mode"]
             if mode == "concat":
-                y = torch.cat([fwd, bwd], dim=-2, out=buffer("layer_out", (*fwd.shape[:-2], 2 * fwd.shape[-2], fwd.shape[-1]), fwd))
+                shape = (*fwd.shape[:-2], 2 * fwd.shape[-2], fwd.shape[-1])
+                y = torch.cat([fwd, bwd], dim=-2, out=buffer("layer_out", shape, fwd))
             elif mode == "sum":
                 y = fwd + bwd
             elif mode == "mul":
