@@ -258,7 +258,8 @@ def run(channel: str, batch_size: int, n_base: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--channel", choices=("resonance", "piezoresponse", "both"), default="both")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the twin runs one part of each batch per thread)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch CPU threads (the twin runs one part of each batch per thread)")
     ap.add_argument("--batch-size", type=int, default=256, help="pixels per forward pass of the twin")
     ap.add_argument("--baseline-pixels", type=int, default=40, help="pixels the per-pixel baseline runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
