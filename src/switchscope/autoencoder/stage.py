@@ -293,8 +293,9 @@ def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
     with tqdm(total=len(Xn), disable=not ctx.progress, desc=f"published {channel} network",
               unit="loop", leave=False) as bar:
         for i in range(0, len(Xn), block):
-            Zs.append(np.asarray(net.transform(Xn[i:i + block]), dtype=np.float64))
-            Rs.append(np.asarray(net.reconstruct(Xn[i:i + block]), dtype=np.float64))
+            z = net.transform(Xn[i:i + block])  # encoded once; the decoder takes it on (bit-identical)
+            Zs.append(np.asarray(z, dtype=np.float64))
+            Rs.append(np.asarray(net.decode(z), dtype=np.float64))
             bar.update(len(Xn[i:i + block]))
     Z, R = np.concatenate(Zs), np.concatenate(Rs)
     folder = ctx.models / channel
