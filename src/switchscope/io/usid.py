@@ -436,6 +436,19 @@ def _file_order(order: np.ndarray, sizes: tuple[int, ...]) -> tuple[tuple[int, .
     return None
 
 
+def _blocks(ds: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, rows)`` of ``ds`` in blocks of positions of about :data:`BLOCK_BYTES`, read
+    into one reused buffer (a block is valid until the next one is read)."""
+    n_pos = ds.shape[0]
+    per = max(1, min(n_pos, BLOCK_BYTES // max(1, ds.dtype.itemsize * ds.shape[1])))
+    buf = np.empty((per, ds.shape[1]), dtype=ds.dtype)
+    for start in range(0, n_pos, per):
+        stop = min(start + per, n_pos)
+        block = buf[:stop - start]
+        ds.read_direct(block, np.s_[start:stop], np.s_[0:stop - start])
+        yield start, stop, block
+
+
 def _read(ds: Any, ax: Axes, fields: list[str] | None = None, dtype: Any = np.float64,
           scales: list[float] | None = None, keep: Keep | None = None) -> list[np.ndarray]:
     """The dataset (or each compound field, times its scale) on ``(row, col, *dims)``.
@@ -455,16 +468,10 @@ def _read(ds: Any, ax: Axes, fields: list[str] | None = None, dtype: Any = np.fl
     names: list[str | None] = list(fields) if fields else [None]
     scales = list(scales) if scales else [1.0] * len(names)
     outs = [np.empty((n_pixels, n_cells), dtype=dtype) for _ in names]
-    n_pos = ds.shape[0]
     layout = _file_order(ax.order, ax.sizes)
     in_grid_order = bool(np.array_equal(ax.pixel, np.arange(n_pixels)))
-    per = max(1, min(n_pos, BLOCK_BYTES // max(1, ds.dtype.itemsize * ds.shape[1])))
-    buf = np.empty((per, ds.shape[1]), dtype=ds.dtype)
-    for start in range(0, n_pos, per):
-        stop = min(start + per, n_pos)
+    for start, stop, block in _blocks(ds):
         nb = stop - start
-        block = buf[:nb]
-        ds.read_direct(block, np.s_[start:stop], np.s_[0:nb])
         for out, name, scale in zip(outs, names, scales):
             part = block if name is None else block[name]
             if layout is not None:
@@ -497,14 +504,8 @@ def _read_reduced(ds: Any, ax: Axes, fields: list[str] | None, dtype: Any, scale
     names: list[str | None] = list(fields) if fields else [None]
     scales = list(scales) if scales else [1.0] * len(names)
     outs = [np.empty((n_pixels, n_keep), dtype=dtype) for _ in names]
-    n_pos = ds.shape[0]
-    per = max(1, min(n_pos, BLOCK_BYTES // max(1, ds.dtype.itemsize * ds.shape[1])))
-    buf = np.empty((per, ds.shape[1]), dtype=ds.dtype)
-    for start in range(0, n_pos, per):
-        stop = min(start + per, n_pos)
+    for start, stop, block in _blocks(ds):
         nb = stop - start
-        block = buf[:nb]
-        ds.read_direct(block, np.s_[start:stop], np.s_[0:nb])
         where = ax.pixel[start:stop]
         for out, name, scale in zip(outs, names, scales):
             part = block if name is None else block[name]
