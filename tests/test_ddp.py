@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +66,9 @@ for name, cfg in CONFIGS.items():
 # a wall-clock budget: the ranks must stop at the same step (one clock) or they would hang
 ae = Autoencoder(CONFIGS["mean"].replace(epochs=10_000, max_seconds=1.5)).fit(_loops())
 out["budget"] = {{"history": ae.history_, "stop_reason": ae.stop_reason_}}
-print("RESULT", rank, json.dumps(out), flush=True)
+# one file per rank: two ranks writing long lines to one pipe may interleave them
+with open(os.path.join({results!r}, f"rank{{rank}}.json"), "w") as fh:
+    json.dump(out, fh)
 """
 
 
@@ -88,13 +89,11 @@ def two_ranks(tmp_path_factory) -> tuple[dict[int, dict], Path]:
     work = base / "cwd"
     work.mkdir()
     script = base / "worker.py"
-    script.write_text(WORKER.format(tests=str(Path(__file__).parent), base=str(base / "ck")))
+    res = base / "results"
+    res.mkdir()
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent), base=str(base / "ck"), results=str(res)))
     proc = _torchrun([str(script)], cwd=work)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            _, rank, payload = line.split(" ", 2)
-            results[int(rank)] = json.loads(payload)
+    results = {int(f.stem.removeprefix("rank")): json.loads(f.read_text()) for f in res.glob("rank*.json")}
     assert sorted(results) == [0, 1], proc.stdout[-3000:] + proc.stderr[-3000:]
     return results, base
 
@@ -147,7 +146,8 @@ from switchscope import pipeline
 
 cfg = CONFIGS["mean"].replace(channels=("resonance",), refine_epochs=0, epochs=2)
 ds = pipeline.run(_dataset(), {out!r}, configs={{"autoencoder": cfg}}, stages=["autoencoder"], progress=False)
-print("RESULT", os.environ["RANK"], json.dumps(ds["embedding_resonance"].values.tolist()), flush=True)
+with open(os.path.join({results!r}, "rank" + os.environ["RANK"] + ".json"), "w") as fh:
+    json.dump(ds["embedding_resonance"].values.tolist(), fh)
 """
 
 
@@ -158,15 +158,15 @@ def _dataset():
     return make_dataset({"resonance": 1320 + 5 * X}, 16 * np.cos(np.linspace(0, 2 * np.pi, 16)))
 
 
-def test_switchscope_run_under_torchrun_writes_only_from_rank_0(tmp_path):
+def test_switchscope_run_under_torchrun_writes_only_from_rank_0(tmp_path, tmp_path_factory):
     work = tmp_path / "cwd"
     work.mkdir()
     script = tmp_path / "worker.py"
     out = tmp_path / "out"
-    script.write_text(PIPELINE_WORKER.format(tests=str(Path(__file__).parent), out=str(out)))
+    res = tmp_path_factory.mktemp("ranks")
+    script.write_text(PIPELINE_WORKER.format(tests=str(Path(__file__).parent), out=str(out), results=str(res)))
     proc = _torchrun([str(script)], cwd=work)
-    emb = {int(line.split(" ", 2)[1]): np.array(json.loads(line.split(" ", 2)[2]))
-           for line in proc.stdout.splitlines() if line.startswith("RESULT ")}
+    emb = {int(f.stem.removeprefix("rank")): np.array(json.loads(f.read_text())) for f in res.glob("rank*.json")}
     assert sorted(emb) == [0, 1]
     np.testing.assert_array_equal(emb[0], emb[1])  # every rank trained the same network
     # one output folder, written once (a second writer would have raced on it or left a partial folder)
