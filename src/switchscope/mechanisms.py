@@ -403,10 +403,12 @@ def name_neurons(embeddings: Mapping[str, Any], measures: Mapping[str, Any], *, 
         return {"rho": rho, "named": named, "also": also, "channels": chans, "measures": names}
     between = np.array([[_spearman(M[:, i], M[:, j]) if i != j else 1.0 for j in range(len(names))]
                         for i in range(len(names))])
+    from .interpret import truth_correlations  # NaN for inactive neurons and constant measures
+
     for c, ch in enumerate(chans):
         Z = Zs[ch]
+        rho[c, :Z.shape[1]] = truth_correlations(Z, {m: M[:, i] for i, m in enumerate(names)})[0]
         for j in np.flatnonzero(active_neurons(Z)):
-            rho[c, j] = [_spearman(Z[:, j], M[:, m]) for m in range(len(names))]
             a = np.abs(rho[c, j])
             if not np.isfinite(a).any():
                 continue
