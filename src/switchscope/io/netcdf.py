@@ -14,7 +14,7 @@ import os
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import xarray as xr
@@ -234,6 +234,22 @@ class NetCDFReader(Reader):
 
 # -- writer ---------------------------------------------------------------------------------------
 
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, then rename it to ``path``: a failed or
+    killed write never leaves a half-written ``path``. What dead writers left is swept first."""
+    _sweep_dead_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write '{path}' ({oneline(exc)}); check the folder's permissions "
+                              "and free space") from None
+        raise
+
+
 def _sweep_dead_temporaries(path: Path) -> None:
     """Remove the temporary files that killed runs of :func:`save` left for ``path``."""
     import re
@@ -289,15 +305,5 @@ def save(ds: xr.Dataset, path: PathLike, *, overwrite: bool = False) -> Path:
     from .. import __version__
 
     encoded.attrs[WRITER_ATTR] = f"switchscope {__version__}"
-    _sweep_dead_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        encoded.to_netcdf(tmp, engine=_ENGINE)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write '{path}' ({oneline(exc)}); check the folder's permissions "
-                              "and free space") from None
-        raise
+    write_atomically(path, lambda tmp: encoded.to_netcdf(tmp, engine=_ENGINE))
     return path

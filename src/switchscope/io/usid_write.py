@@ -49,9 +49,7 @@ What is switchscope's own choice (BGlib computes these, we copy the Dataset):
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -61,8 +59,8 @@ import xarray as xr
 
 from .._errors import ConfigError, DataError, OutputError
 from .._output import WRITER_ATTR, written_by_switchscope
-from ._base import PathLike, oneline
-from .netcdf import _sweep_dead_temporaries
+from ._base import PathLike
+from .netcdf import write_atomically
 
 __all__ = ["FIELDS", "SHO_FIELDS", "LOOP_METRICS_FIELDS", "make_usid_example", "write_usid"]
 
@@ -712,20 +710,13 @@ def write_usid(ds: xr.Dataset, path: PathLike, *, spectra: bool | None = None, s
 
     import h5py
 
-    _sweep_dead_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             _write_all(f, film, spectra=bool(spectra), sho=sho, loops=loops, position_order=position_order,
                        sho_dtype=sho_dtype, pixel_size=pixel_size)
             _write_truth(f, ds)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write '{path}' ({oneline(exc)}); check the folder's permissions "
-                              "and free space") from None
-        raise
+
+    write_atomically(path, write)
     return path
 
 
