@@ -325,6 +325,11 @@ def test_clicking_a_pixel_draws_its_sho_spectrum(browser, sho_run_dir):
                                     np.deg2rad(ds["phase"].values[4, 1, 20])))
         assert fit.size > measured.size and np.isclose(fit.max(), exact.max(), rtol=0.02)
         assert set(_series(page, "ss-sho-phase")) == {"spectrum", "SHO fit"}
+        # one step for both views: the SHO slider moved the data cube, and the cube's slider moves the spectrum
+        assert page.locator("canvas.ss-cube").first.get_attribute("data-step") == "20"
+        page.locator("#ss-cube-step").evaluate("(e) => { e.value = 7; e.dispatchEvent(new Event('input')); }")
+        assert holder.get_attribute("data-step") == "7"
+        assert page.locator("#ss-sho-step").input_value() == "7"
         assert errors == [] and blocked == []
     finally:
         page.close()

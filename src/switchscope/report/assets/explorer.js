@@ -313,6 +313,17 @@
     holder.setAttribute("data-row", row); holder.setAttribute("data-col", col); holder.setAttribute("data-step", step);
   }
 
+  /* the data cube and the SHO spectrum show the same voltage step: moving one slider moves both */
+  function onCubeStep() {
+    if (shoStep) { shoStep.value = cubeStep.value; drawSho(); }
+    drawCube();
+  }
+
+  function onShoStep() {
+    if (cubeStep) { cubeStep.value = shoStep.value; drawCube(); }
+    drawSho();
+  }
+
   function onMapClick(ev) {
     selected = pixelAt(ev.currentTarget, ev);
     showPixel();
@@ -360,12 +371,12 @@
     }
     if (cubeVar) {
       cubeVar.addEventListener("change", drawCube);
-      cubeStep.addEventListener("input", drawCube);
-      cubeStep.addEventListener("change", drawCube);
+      cubeStep.addEventListener("input", onCubeStep);
+      cubeStep.addEventListener("change", onCubeStep);
     }
     if (shoStep) {
-      shoStep.addEventListener("input", drawSho);
-      shoStep.addEventListener("change", drawSho);
+      shoStep.addEventListener("input", onShoStep);
+      shoStep.addEventListener("change", onShoStep);
     }
     var csv = document.getElementById("ss-csv");
     if (csv) { csv.addEventListener("click", downloadCsv); }
