@@ -24,11 +24,11 @@ import numpy as np
 from numba import njit, prange
 
 from ._lm import _LAM_MAX, STATUS_FTOL, STATUS_MAXITER, STATUS_NONFINITE, STATUS_XTOL
+from ._special import erf_gauss
 
 #: Model codes of the kernel.
 MODEL_CODES = {"paper13": 0, "bglib9": 1}
 _TINY = float(np.finfo(np.float64).tiny)
-_CUT = 700.0                       # _exp_cut(float64) of _models.py
 _TSP = 2.0 / math.sqrt(math.pi)
 _D = 1000.0                        # BGLIB9_D
 #: Pixels per scratch allocation (the prange unit).
@@ -36,6 +36,8 @@ _BLOCK = 16
 
 # error_model="numpy": IEEE division (x / 0 gives inf or NaN, as in torch).
 _JIT = dict(cache=True, fastmath=False, error_model="numpy")
+# the Jacobian rows: "contract" lets LLVM fuse multiply-adds (as in fit._special)
+_JIT_ROWS = dict(cache=True, fastmath={"contract"}, error_model="numpy")
 # the Gram sums only: reassociation lets LLVM vectorize the dot products over the steps
 # (no 'nnan'/'ninf': the callers test finiteness)
 _JIT_SUM = dict(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"},
@@ -47,51 +49,51 @@ def layout(code: int) -> tuple[int, int, int]:
     return (3, 5, 5) if code == 0 else (3, 3, 3)
 
 
-@njit(**_JIT)
+@njit(**_JIT_ROWS)
 def _rows_paper13(q, v, y, w, weighted, desc, J):
     """Jacobian block of one paper13 branch into ``J`` (9, m): rows a1, a2, a3, then the
     branch's own (descending b1, b2, b5, b7, Au; ascending b3, b4, b6, b8, Al), residual."""
     a1, a2, a3 = q[0], q[1], q[2]
     if desc:
         bl, bh, bw, bc, vc = q[3], q[4], q[5], q[6], q[7]
+        i_lo, i_hi = 3, 4
     else:
         bh, bl, bw, bc, vc = q[8], q[9], q[10], q[11], q[12]
+        i_lo, i_hi = 4, 3
     h = 0.5 * (a2 - a1)
     c0 = 0.5 * (a1 + a2)
     half = 0.5 * (bh - bl)
     mid = 0.5 * (bl + bh)
     kvc = -_TSP * h
     kbc = -_TSP * half / bw
+    ibw = 1.0 / bw
+    # a branch-free body (no libm calls, no data-dependent branches): LLVM vectorizes it
     for k in range(v.shape[0]):
         vk = v[k]
-        wv = (vk - bc) / bw
-        ew = math.erf(wv)
+        wv = (vk - bc) * ibw
+        ew, gw = erf_gauss(wv)
         s = mid + half * ew
-        z = (vk - vc) / s
-        ez = math.erf(z)
-        res = c0 + h * ez + a3 * vk - y[k]
-        j_vc = math.exp(-min(z * z, _CUT)) * kvc / s
+        inv_s = 1.0 / s
+        z = (vk - vc) * inv_s
+        ez, gz = erf_gauss(z)
+        j_vc = gz * kvc * inv_s
         dfds = j_vc * z
         j_lo = (ew * -0.5 + 0.5) * dfds
-        j_hi = dfds - j_lo
-        j_bc = math.exp(-min(wv * wv, _CUT)) * dfds * kbc
-        ww = w[k] if weighted else 1.0
-        J[0, k] = (ez * -0.5 + 0.5) * ww
-        J[1, k] = (ez * 0.5 + 0.5) * ww
-        J[2, k] = vk * ww
-        if desc:
-            J[3, k] = j_lo * ww
-            J[4, k] = j_hi * ww
-        else:
-            J[3, k] = j_hi * ww
-            J[4, k] = j_lo * ww
-        J[5, k] = j_bc * wv * ww
-        J[6, k] = j_bc * ww
-        J[7, k] = j_vc * ww
-        J[8, k] = res * ww
+        j_bc = gw * dfds * kbc
+        J[0, k] = ez * -0.5 + 0.5
+        J[1, k] = ez * 0.5 + 0.5
+        J[2, k] = vk
+        J[i_lo, k] = j_lo
+        J[i_hi, k] = dfds - j_lo
+        J[5, k] = j_bc * wv
+        J[6, k] = j_bc
+        J[7, k] = j_vc
+        J[8, k] = c0 + h * ez + a3 * vk - y[k]
+    if weighted:
+        _weigh(J, w)
 
 
-@njit(**_JIT)
+@njit(**_JIT_ROWS)
 def _rows_bglib9(q, v, y, w, weighted, desc, J):
     """Jacobian block of one bglib9 branch into ``J`` (7, m): rows a0, a1, a4, then the
     branch's own (switching voltage, lower and upper width), residual."""
@@ -107,59 +109,56 @@ def _rows_bglib9(q, v, y, w, weighted, desc, J):
         vk = v[k]
         x = vk - vc
         dx = x * _D
-        ed = math.erf(dx)
+        ed, gd = erf_gauss(dx)
         g = ed * half + (half + lo)
         z = x / g
-        ez = math.erf(z)
+        ez, gz = erf_gauss(z)
         jy = (g * ez + lo) * isum
-        res = a4 * vk - y[k] + a0 + jy * a1
-        gz = math.exp(-min(z * z, _CUT))
         G = (gz * z * -_TSP + ez) * kk
-        j_vc = math.exp(-min(dx * dx, _CUT)) * G * ((-_TSP * _D) * half) + gz * (-_TSP * kk)
         j_lo = (ed * -0.5 + 0.5) * G + jy * -kk + kk
-        j_hi = G - j_lo + kk + jy * (-2.0 * kk)
-        ww = w[k] if weighted else 1.0
-        J[0, k] = ww
-        J[1, k] = jy * ww
-        J[2, k] = vk * ww
-        J[3, k] = j_vc * ww
-        J[4, k] = j_lo * ww
-        J[5, k] = j_hi * ww
-        J[6, k] = res * ww
+        J[0, k] = 1.0
+        J[1, k] = jy
+        J[2, k] = vk
+        J[3, k] = gd * G * ((-_TSP * _D) * half) + gz * (-_TSP * kk)
+        J[4, k] = j_lo
+        J[5, k] = G - j_lo + kk + jy * (-2.0 * kk)
+        J[6, k] = a4 * vk - y[k] + a0 + jy * a1
+    if weighted:
+        _weigh(J, w)
+
+
+@njit(**_JIT_ROWS)
+def _weigh(J, w):
+    for r in range(J.shape[0]):
+        for k in range(J.shape[1]):
+            J[r, k] *= w[k]
 
 
 @njit(**_JIT_SUM)
-def _dot(J, a, b, m):
-    s = 0.0
-    for k in range(m):
-        s += J[a, k] * J[b, k]
-    return s
-
-
-@njit(**_JIT)
-def _gram(J, m, c, kb, off, A, g):
+def _gram(J, m, c, kb, off, G, A, g):
     """Add one branch's ``J J^T`` to ``A`` and ``g`` (block order; the branch's own rows go
-    to ``off:off+kb``); returns the branch's ``r^T r``."""
+    to ``off:off+kb``); returns the branch's ``r^T r``. ``G`` is scratch (c+kb+1, c+kb+1)."""
     R = c + kb
+    # the lower triangle of the Gram matrix as dot products over the steps (vectorized)
     for a in range(R + 1):
-        ia = a if a < c else off + a - c
         for b in range(a + 1):
-            s = _dot(J, a, b, m)
-            if a == R:
-                if b == R:
-                    return s
-                ib = b if b < c else off + b - c
-                g[ib] += s
-            else:
-                ib = b if b < c else off + b - c
-                A[ia, ib] += s
-                if ia != ib:
-                    A[ib, ia] += s
-    return 0.0
+            s = 0.0
+            for k in range(m):
+                s += J[a, k] * J[b, k]
+            G[a, b] = s
+    for a in range(R):
+        ia = a if a < c else off + a - c
+        g[ia] += G[R, a]
+        for b in range(a + 1):
+            ib = b if b < c else off + b - c
+            A[ia, ib] += G[a, b]
+            if ia != ib:
+                A[ib, ia] += G[a, b]
+    return G[R, R]
 
 
 @njit(**_JIT)
-def _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, A, g):
+def _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, A, g):
     """Cost, ``J^T J`` into ``A`` and ``J^T r`` into ``g`` at ``q`` (block order), as
     :attr:`~switchscope.loops.LoopModel.normal` of the model ``code``."""
     P = q.shape[0]
@@ -176,14 +175,14 @@ def _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, A, g):
         _rows_bglib9(q, va, ya, wa, weighted, False, J2)
         k1 = 3
     k2 = P - 3 - k1
-    cost = _gram(J1, vd.shape[0], 3, k1, 3, A, g)
-    cost += _gram(J2, va.shape[0], 3, k2, 3 + k1, A, g)
+    cost = _gram(J1, vd.shape[0], 3, k1, 3, G, A, g)
+    cost += _gram(J2, va.shape[0], 3, k2, 3 + k1, G, A, g)
     return cost
 
 
 @njit(**_JIT)
 def _lm(code, q, A, g, cost, lam, nu, n_it, vd, va, yd, ya, wd, wa, weighted, lo, hi,
-        ftol, xtol, J1, J2, An, gn, M, qn, step, free):
+        ftol, xtol, J1, J2, G, An, gn, M, qn, step, free):
     """Up to ``n_it`` bounded LM iterations from ``q`` with its ``A``, ``g``, ``cost``,
     ``lam``, ``nu`` (all updated in place), as :func:`switchscope.fit.levenberg_marquardt`
     does for one problem; returns ``(status, iterations, cost, lam, nu)``."""
@@ -230,7 +229,7 @@ def _lm(code, q, A, g, cost, lam, nu, n_it, vd, va, yd, ya, wd, wa, weighted, lo
             for i in range(P):
                 qn[i] = min(max(q[i] + step[i], lo[i]), hi[i])
                 step[i] = qn[i] - q[i]
-            cost_new = _normal(code, qn, vd, va, yd, ya, wd, wa, weighted, J1, J2, An, gn)
+            cost_new = _normal(code, qn, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, An, gn)
             ok = math.isfinite(cost_new) and cost_new < cost
             if ok:
                 sg = sAs = 0.0
@@ -330,6 +329,7 @@ def fit_block(code, S, y, w, weighted, vd, va, lo, hi, order, race, prune_iter, 
     for blk in prange(nblocks):
         J1 = np.empty((c + k1 + 1, md))
         J2 = np.empty((c + k2 + 1, ma))
+        G = np.empty((c + max(k1, k2) + 1, c + max(k1, k2) + 1))
         qs = np.empty((K, P))
         As = np.empty((K, P, P))
         gs = np.empty((K, P))
@@ -355,14 +355,14 @@ def fit_block(code, S, y, w, weighted, vd, va, lo, hi, order, race, prune_iter, 
                 q = qs[s]
                 for j in range(P):
                     q[j] = S[i, s, order[j]]
-                cs = _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, As[s], gs[s])
+                cs = _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, As[s], gs[s])
                 lam[s], nu[s] = lam0, 2.0
                 if not math.isfinite(cs):
                     st[s], its[s], cost[s] = STATUS_NONFINITE, 0, math.inf
                 else:
                     st[s], its[s], cs, lam[s], nu[s] = _lm(
                         code, q, As[s], gs[s], cs, lam[s], nu[s], first, vd, va, yd, ya, wd, wa,
-                        weighted, lob, hib, ftol, xtol, J1, J2, An, gn, M, qn, step, free)
+                        weighted, lob, hib, ftol, xtol, J1, J2, G, An, gn, M, qn, step, free)
                     cost[s] = cs if math.isfinite(cs) else math.inf
                 best = min(best, cost[s])
             # successive halving: only starts still running and not clearly behind go on
@@ -371,7 +371,7 @@ def fit_block(code, S, y, w, weighted, vd, va, lo, hi, order, race, prune_iter, 
                     if st[s] == STATUS_MAXITER and cost[s] <= prune_ratio * best:
                         st2, it2, cs, lam[s], nu[s] = _lm(
                             code, qs[s], As[s], gs[s], cost[s], lam[s], nu[s], race - first,
-                            vd, va, yd, ya, wd, wa, weighted, lob, hib, ftol, xtol, J1, J2, An,
+                            vd, va, yd, ya, wd, wa, weighted, lob, hib, ftol, xtol, J1, J2, G, An,
                             gn, M, qn, step, free)
                         st[s] = st2
                         its[s] += it2
@@ -389,11 +389,11 @@ def fit_block(code, S, y, w, weighted, vd, va, lo, hi, order, race, prune_iter, 
                 # running goes on with the normal equations and damping it reached
                 sw, it2, _, _, _ = _lm(
                     code, q, A, gg, cost[win], lam[win], nu[win], max_iter - race, vd, va,
-                    yd, ya, wd, wa, weighted, lob, hib, ftol, xtol, J1, J2, An, gn, M, qn,
+                    yd, ya, wd, wa, weighted, lob, hib, ftol, xtol, J1, J2, G, An, gn, M, qn,
                     step, free)
                 itw += it2
             # quality (_quality of _fit.py): R² and standard errors at the result
-            sse = _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, An, gn)
+            sse = _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, An, gn)
             nf = 0.0
             ysum = 0.0
             for k in range(m):
@@ -434,6 +434,7 @@ def lm_problems(code, p0, y, pix, vd, va, lo, hi, order, max_iter, ftol, xtol, l
     for r in prange(N):
         J1 = np.empty((c + k1 + 1, md))
         J2 = np.empty((c + k2 + 1, ma))
+        G = np.empty((c + max(k1, k2) + 1, c + max(k1, k2) + 1))
         q = np.empty(P)
         A = np.empty((P, P))
         g = np.empty(P)
@@ -449,12 +450,12 @@ def lm_problems(code, p0, y, pix, vd, va, lo, hi, order, max_iter, ftol, xtol, l
         yd, ya = y[i, :md], y[i, md:]
         for j in range(P):
             q[j] = p0[r, order[j]]
-        cs = _normal(code, q, vd, va, yd, ya, wd, wa, False, J1, J2, A, g)
+        cs = _normal(code, q, vd, va, yd, ya, wd, wa, False, J1, J2, G, A, g)
         if not math.isfinite(cs):
             st, it, cs = STATUS_NONFINITE, 0, math.inf
         else:
             st, it, cs, _, _ = _lm(code, q, A, g, cs, lam0, 2.0, max_iter, vd, va, yd, ya, wd,
-                                   wa, False, lob, hib, ftol, xtol, J1, J2, An, gn, M, qn,
+                                   wa, False, lob, hib, ftol, xtol, J1, J2, G, An, gn, M, qn,
                                    step, free)
         for j in range(P):
             p_out[r, order[j]] = q[j]
