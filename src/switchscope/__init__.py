@@ -44,7 +44,7 @@ _LAZY = {
     "run": "switchscope.pipeline",
     "fit_sho": "switchscope.sho",
     "sho_response": "switchscope.sho",
-    "project_loops": "switchscope.sho",
+    "project_loops": "switchscope.projection",
     "SHOFitResult": "switchscope.sho",
     "write_usid": "switchscope.io.usid_write",
 }
