@@ -359,10 +359,12 @@ def test_race_in_float32_then_float64_matches_an_all_float64_fit(monkeypatch, na
     seen = []
     real = fit_mod._race
     monkeypatch.setattr(fit_mod, "_race", lambda *a: seen.append(a[1].dtype) or real(*a))
-    a = fit_loops(y, V_PAPER, model=name, ftol=1e-10, xtol=1e-12)
+    a = fit_loops(y, V_PAPER, model=name, ftol=1e-10, xtol=1e-12, max_iter=300,
+                  backend="torch")
     assert seen == [torch.float32] and a.params.dtype == np.float64
     monkeypatch.setattr(fit_mod, "_race_dtype", lambda dtype: dtype)
-    b = fit_loops(y, V_PAPER, model=name, ftol=1e-10, xtol=1e-12)
+    b = fit_loops(y, V_PAPER, model=name, ftol=1e-10, xtol=1e-12, max_iter=300,
+                  backend="torch")
     assert seen[-1] == torch.float64
     assert np.all(a.converged) and np.all(b.converged)
     # most pixels end at the same optimum; a few at a neighbouring one, equally good
@@ -380,7 +382,7 @@ def test_race_runs_in_the_fit_dtype_when_no_iterations_follow(monkeypatch):
     _, y = true_loops(paper13, 6, np.random.default_rng(2), noise=0.02)
     for max_iter in (10, 11):      # too few to converge: flagged, as the warnings say
         with pytest.warns(ConvergenceWarning, match="max_iter"):
-            fit_loops(y, V_PAPER, n_clusters=0, max_iter=max_iter)
+            fit_loops(y, V_PAPER, n_clusters=0, max_iter=max_iter, backend="torch")
     assert seen == [torch.float64, torch.float32]
 
 
@@ -430,9 +432,10 @@ def test_models_have_their_own_race_length(monkeypatch):
     real = fit_mod._race
     monkeypatch.setattr(fit_mod, "_race", lambda *a: seen.append(a[-1]) or real(*a))
     _, y = true_loops(bglib9, 4, np.random.default_rng(0), noise=0.01)
-    fit_loops(y, V_PAPER, model="bglib9", n_clusters=0)
-    fit_loops(true_loops(paper13, 4, np.random.default_rng(0), noise=0.01)[1], V_PAPER, n_clusters=0)
-    fit_loops(y, V_PAPER, model="bglib9", n_clusters=0, race_iter=4)
+    fit_loops(y, V_PAPER, model="bglib9", n_clusters=0, backend="torch")
+    fit_loops(true_loops(paper13, 4, np.random.default_rng(0), noise=0.01)[1], V_PAPER, n_clusters=0,
+              backend="torch")
+    fit_loops(y, V_PAPER, model="bglib9", n_clusters=0, race_iter=4, backend="torch")
     assert seen == [2, 10, 4]
 
 

@@ -13,6 +13,7 @@ import xarray as xr
 from .._dataset import check_voltage
 from .._errors import ConfigError, ConvergenceWarning, DataError, DataWarning
 from .._grid import GRID_DIMS, flatten, unflatten
+from ._kmeans import KMeans
 from ._lm import (LAM0, STATUS_CONSTANT, STATUS_MAXITER, STATUS_MESSAGES, STATUS_NONFINITE,
                   STATUS_TOO_FEW, levenberg_marquardt)
 from ._metrics import METRICS, loop_metrics
@@ -242,13 +243,11 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
     Cluster-centre fits as starting points follow BGlib's loop fitter (k-means of the loops,
     fit of the centres, centre parameters as each member's guess).
     """
-    from sklearn.cluster import KMeans
-
     n = Yn.shape[0]
     k = min(n_clusters, n)
     rng = np.random.default_rng(seed)
     sample = Yn if n <= 20000 else Yn[rng.choice(n, 20000, replace=False)]
-    km = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(sample)
+    km = KMeans(n_clusters=k, max_iter=50, random_state=seed).fit(sample)
     labels = km.predict(Yn) if sample is not Yn else km.labels_
     cent = km.cluster_centers_
     starts = np.stack([_inside(model.guess(v, desc, cent, width=wd), lower, upper)
@@ -408,8 +407,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         quality as the torch path, computed in float64 throughout, so the race is not run in
         float32; the first call in a fresh environment compiles it, ~20 s, cached on disk
         after; ``dtype`` is ignored). ``"torch"``: batched torch kernels (CPU or GPU).
-        ``"auto"`` (default): torch (the numba kernel measured about as fast as torch on the
-        CPU, see docs/benchmarks.md, so it is not the default).
+        ``"auto"`` (default): numba on the CPU for the models it implements (paper13,
+        bglib9; 3-5x faster than torch there, see docs/benchmarks.md), torch otherwise.
 
     Returns
     -------
@@ -438,9 +437,10 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
     if backend == "numba" and mdl.name not in _NUMBA_MODELS:
         raise ConfigError(f"fit_loops: backend='numba' fits the models {', '.join(_NUMBA_MODELS)}, "
                           f"got {mdl.name!r}; pass backend='torch'")
-    # "auto" is torch everywhere for now: the numba kernel measured no faster than torch on
-    # the CPU (docs/benchmarks.md, loops), below the 2x that would justify a second default path
-    use_numba = backend == "numba"
+    # "auto": the numba kernel on the CPU, where it measured 3-5x faster than torch
+    # (docs/benchmarks.md, loops); torch on other devices and for models it does not implement
+    use_numba = backend == "numba" or (backend == "auto" and dev.type == "cpu"
+                                       and mdl.name in _NUMBA_MODELS)
     tt = {"dtype": dtype, "device": dev}
     n, m = X.shape
     P = mdl.n_params
