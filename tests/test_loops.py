@@ -604,6 +604,29 @@ def test_numba_backend_matches_torch_on_real_loops(real_raw_loops, monkeypatch, 
     assert np.median(d) < 1e-9 and d.max() < 1e-3
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compiled_curves_and_metrics_match_the_torch_evaluation(name):
+    # the built-in models evaluate their curves and metrics with the numba kernel; a copy of
+    # the model (not the registered object) takes the torch path: equal to rounding
+    import dataclasses
+
+    from switchscope.loops import loop_metrics
+
+    model = MODELS[name]
+    twin = dataclasses.replace(model)
+    p, y = true_loops(model, 40, np.random.default_rng(5), noise=0.02)
+    res = fit_loops(y, V_PAPER, model=name, n_clusters=0)
+    params = np.concatenate([res.params, p, np.full((1, model.n_params), np.nan)])
+    np.testing.assert_allclose(model(params, V_PAPER), twin(params, V_PAPER), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(model(params[0], V_PAPER), twin(params[0], V_PAPER), rtol=1e-12)
+    a = loop_metrics(model, params, V_PAPER)
+    b = loop_metrics(twin, params, V_PAPER)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    assert np.isnan(a["height"][-1]) and np.isnan(a["coercive_pos"][-1])
+
+
 def test_numba_backend_weights_failures_and_options():
     import switchscope.loops._fit as fit_mod
 

@@ -462,3 +462,118 @@ def lm_problems(code, p0, y, pix, vd, va, lo, hi, order, max_iter, ftol, xtol, l
         cost_out[r] = cs
         status_out[r] = st
         iter_out[r] = it
+
+
+@njit(**_JIT_ROWS)
+def _branch(code, p, v, desc, out):
+    """``out``: the model ``code`` at the voltages ``v`` on one branch (``p`` in parameter
+    order, physical units), as ``LoopModel.split`` computes it; a branch-free loop."""
+    if code == 0:
+        a1, a2, a3 = p[0], p[1], p[2]
+        if desc:
+            bl, bh, bw, bc, vc = p[3], p[4], p[7], p[9], p[11]
+        else:
+            bl, bh, bw, bc, vc = p[6], p[5], p[8], p[10], p[12]
+        mid, half, c0, h = 0.5 * (bl + bh), 0.5 * (bh - bl), 0.5 * (a1 + a2), 0.5 * (a2 - a1)
+        for k in range(v.shape[0]):
+            s = mid + half * erf_gauss((v[k] - bc) / bw)[0]
+            out[k] = c0 + h * erf_gauss((v[k] - vc) / s)[0] + a3 * v[k]
+    else:
+        a0, a1, a4 = p[0], p[1], p[4]
+        if desc:
+            vc, lo, hi = p[2], p[5], p[6]
+        else:
+            vc, lo, hi = p[3], p[7], p[8]
+        half = 0.5 * (hi - lo)
+        for k in range(v.shape[0]):
+            x = v[k] - vc
+            g = half * (erf_gauss(_D * x)[0] + 1.0) + lo
+            out[k] = a0 + a1 * ((g * erf_gauss(x / g)[0] + lo) / (lo + hi)) + a4 * v[k]
+
+
+@njit(parallel=True, **_JIT)
+def curves(code, params, vd, va, out):
+    """``out (n, md + ma)``: the model at the descending voltages ``vd``, then the ascending
+    ``va``."""
+    md, ma = vd.shape[0], va.shape[0]
+    for blk in prange((params.shape[0] + _BLOCK - 1) // _BLOCK):
+        # contiguous scratch rows: LLVM vectorizes the branch loops only on those
+        fd = np.empty(md)
+        fa = np.empty(ma)
+        for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, params.shape[0])):
+            _branch(code, params[i], vd, True, fd)
+            _branch(code, params[i], va, False, fa)
+            out[i, :md] = fd
+            out[i, md:] = fa
+
+
+@njit(**_JIT)
+def _crossing(t, grid, level, rising, reverse):
+    """First crossing of ``level`` along ``grid`` (scanned backwards with ``reverse``), as
+    ``_first_crossing`` of :mod:`switchscope.loops._metrics`; NaN if none."""
+    n = t.shape[0]
+    for j in range(n):
+        k = n - 1 - j if reverse else j
+        hit = t[k] >= level if rising else t[k] <= level
+        if hit:
+            if j == 0:
+                return math.nan       # the branch starts past the level
+            k0 = k + 1 if reverse else k - 1
+            t0, t1 = t[k0], t[k]
+            den = t1 - t0
+            frac = (level - t0) / den if abs(den) > 0 else 0.0
+            frac = min(max(frac, 0.0), 1.0)
+            return grid[k0] + frac * (grid[k] - grid[k0])
+    return math.nan
+
+
+@njit(parallel=True, **_JIT)
+def metrics(code, params, grid, wts, nuc, out):
+    """The switching metrics of :func:`switchscope.loops.loop_metrics` per pixel into ``out``
+    (n, 10), in the order of :data:`~switchscope.loops.METRICS`: height, width, area,
+    coercive_neg, coercive_pos, nucleation_neg, nucleation_pos, imprint, centroid_voltage,
+    centroid_response. ``wts`` are the trapezoid weights of ``grid``."""
+    ng = grid.shape[0]
+    span = grid[ng - 1] - grid[0]
+    slope_i = 2 if code == 0 else 4
+    for blk in prange((params.shape[0] + _BLOCK - 1) // _BLOCK):
+        fd = np.empty(ng)
+        fa = np.empty(ng)
+        td = np.empty(ng)
+        ta = np.empty(ng)
+        for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, params.shape[0])):
+            p = params[i]
+            # the saturation levels (LoopModel.levels): paper13 a1, a2; bglib9 a0, a0 + a1
+            low = p[0]
+            high = p[1] if code == 0 else p[0] + p[1]
+            slope = p[slope_i]
+            height = high - low
+            safe = height if abs(height) > 0 else math.nan
+            _branch(code, p, grid, True, fd)
+            _branch(code, p, grid, False, fa)
+            signed = area = sx = sy = 0.0
+            for k in range(ng):
+                g = grid[k]
+                td[k] = (fd[k] - slope * g - low) / safe
+                ta[k] = (fa[k] - slope * g - low) / safe
+                d = fd[k] - fa[k]
+                signed += d * wts[k]
+                area += abs(d) * wts[k]
+                sx += d * g * wts[k]
+                sy += d * (fd[k] + fa[k]) * (0.5 * wts[k])
+            cn = _crossing(td, grid, 0.5, False, True)
+            nn = _crossing(td, grid, 1.0 - nuc, False, True)
+            cp = _crossing(ta, grid, 0.5, True, False)
+            np_ = _crossing(ta, grid, nuc, True, False)
+            tiny = 1e-12 * max(abs(height) * span, 1e-300)
+            sden = signed if abs(signed) > tiny else math.nan
+            out[i, 0] = abs(height)
+            out[i, 1] = cp - cn
+            out[i, 2] = area
+            out[i, 3] = cn
+            out[i, 4] = cp
+            out[i, 5] = nn
+            out[i, 6] = np_
+            out[i, 7] = 0.5 * (cp + cn)
+            out[i, 8] = sx / sden
+            out[i, 9] = sy / sden

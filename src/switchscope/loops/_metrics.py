@@ -11,6 +11,8 @@ region between the two fitted branches over the measured voltage range.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -81,6 +83,8 @@ def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
     if not isinstance(n_grid, (int, np.integer)) or isinstance(n_grid, bool) or n_grid < 2:
         raise ConfigError(f"loop_metrics: n_grid must be an integer >= 2, got {n_grid!r}")
     params = np.atleast_2d(np.asarray(params, dtype=float))
+    if _compiled(model):
+        return _loop_metrics_numba(model, params, voltage, nucleation_fraction, n_grid)
     if params.shape[0] > _CHUNK:
         # the dense grids take n_pixels * n_grid floats each: bound the memory by chunking
         parts = [loop_metrics(model, params[a:a + _CHUNK], voltage,
@@ -111,8 +115,7 @@ def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
 
     diff = f_desc - f_asc
     # trapezoid rule over the grid as products with its weights (one pass, no temporaries)
-    wts = np.gradient(grid)
-    wts[0], wts[-1] = 0.5 * (grid[1] - grid[0]), 0.5 * (grid[-1] - grid[-2])
+    wts = _trapezoid_weights(grid)
     signed = diff @ wts
     area = np.abs(diff) @ wts
     tiny = 1e-12 * np.maximum(np.abs(height) * (vmax - vmin), 1e-300)
@@ -131,3 +134,45 @@ def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
         "centroid_voltage": cx,
         "centroid_response": cy,
     }
+
+
+def _trapezoid_weights(grid: np.ndarray) -> np.ndarray:
+    wts = np.gradient(grid)
+    wts[0], wts[-1] = 0.5 * (grid[1] - grid[0]), 0.5 * (grid[-1] - grid[-2])
+    return wts
+
+
+def _compiled(model: LoopModel) -> bool:
+    """True for the built-in models, which the numba kernels evaluate."""
+    from ..fit._loops_numba import MODEL_CODES
+    from ._models import MODELS
+
+    return model.name in MODEL_CODES and MODELS.get(model.name) is model
+
+
+def _loop_metrics_numba(model: LoopModel, params: np.ndarray, voltage: np.ndarray,
+                        nucleation_fraction: float, n_grid: int) -> dict[str, np.ndarray]:
+    """:func:`loop_metrics` with the numba kernel (one pass per pixel, no dense-grid arrays;
+    the same formulas, equal to the torch evaluation to rounding)."""
+    from ..fit import _loops_numba as nb
+
+    v = np.asarray(voltage, dtype=float)
+    grid = np.linspace(float(v.min()), float(v.max()), n_grid)
+    out = np.empty((params.shape[0], len(METRICS)))
+    with numba_threads():
+        nb.metrics(nb.MODEL_CODES[model.name], np.ascontiguousarray(params), grid,
+                   _trapezoid_weights(grid), float(nucleation_fraction), out)
+    return {name: out[:, j].copy() for j, name in enumerate(METRICS)}
+
+
+@contextlib.contextmanager
+def numba_threads():
+    """Numba's kernels run with as many threads as torch is set to (restored after)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

@@ -158,7 +158,25 @@ class LoopModel:
 
     def __call__(self, params, voltage, descending=None) -> np.ndarray:
         """Evaluate the model with numpy inputs: ``params (n, n_params)`` -> ``(n, n_steps)``."""
+        if MODELS.get(self.name) is self:
+            # the built-in models: the numba kernel's evaluation (equal to rounding)
+            return self._evaluate_compiled(params, voltage, descending)
         return self._evaluate_numpy(params, voltage, descending, False)
+
+    def _evaluate_compiled(self, params, voltage, descending) -> np.ndarray:
+        from ..fit import _loops_numba as nb
+        from ._metrics import numba_threads
+
+        v = np.asarray(voltage, dtype=float).ravel()
+        d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
+        p = np.ascontiguousarray(np.atleast_2d(np.asarray(params, dtype=float)))
+        out = np.empty((p.shape[0], v.size))
+        with numba_threads():
+            nb.curves(nb.MODEL_CODES[self.name], p, np.ascontiguousarray(v[d]),
+                      np.ascontiguousarray(v[~d]), out)
+        f = np.empty_like(out)
+        f[:, np.r_[np.flatnonzero(d), np.flatnonzero(~d)]] = out
+        return f[0] if np.ndim(params) == 1 else f
 
     def jacobian(self, params, voltage, descending=None) -> np.ndarray:
         """Analytic Jacobian with numpy inputs: ``(n, n_params)`` -> ``(n, n_steps, n_params)``."""
