@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from scipy.optimize import brentq
 from scipy.special import erf, erfinv
 from scipy.stats import spearmanr
 
@@ -33,24 +32,23 @@ def _loops(w, d, height=2.0, c_neg=-5.0, c_pos=6.0):
     return height * _state(V[None, :], c, w, d)
 
 
-def _reference_weight(w, d, a=0.25, b=0.8):
-    """The definition, per loop, from the closed form by root finding (independent of the code)."""
-    f = lambda level: brentq(lambda x: _state(x, 0.0, w, d) - level, -30, 30)  # noqa: E731
-    ma, mb = f(a) - f(-a), f(b) - f(-b)
-    k = erfinv(a) / erfinv(b)
-    return float(np.clip((ma / mb - k) / (1 - k), 0, 1))
-
-
-@pytest.mark.parametrize("w,d", [(1.0, 0.0), (1.5, 0.0), (1.0, 2.0), (1.0, 4.0), (0.8, 6.0), (2.0, 3.0)])
-def test_three_state_matches_the_definition_on_closed_form_plateaus(w, d):
+@pytest.mark.parametrize("w,d", [(1.0, 1.0), (1.0, 2.0), (1.0, 4.0), (0.8, 6.0), (2.0, 3.0), (1.5, 8.0)])
+def test_three_state_recovers_a_closed_form_plateau_of_known_width(w, d):
     got = three_state(V, _loops(w, d))[0]
-    assert got == pytest.approx(_reference_weight(w, d), abs=0.01)
+    assert got == pytest.approx(d, abs=0.03)  # volts
 
 
-def test_three_state_is_zero_for_one_step_and_rises_with_the_plateau():
-    got = three_state(V, _loops(np.full(5, 1.0), np.array([0.0, 1.0, 2.0, 4.0, 6.0])))
-    assert got[0] == pytest.approx(0.0, abs=0.01)
-    assert np.all(np.diff(got) > 0) and got[-1] > 0.6
+def test_three_state_does_not_depend_on_the_step_width():
+    got = three_state(V, _loops(np.array([0.6, 1.0, 1.5, 2.5]), np.full(4, 3.0)))
+    assert got == pytest.approx(np.full(4, 3.0), abs=0.03)
+
+
+def test_three_state_is_near_zero_for_one_step_and_rises_with_the_plateau():
+    got = three_state(V, _loops(np.full(6, 1.0), np.array([0.0, 0.5, 1.0, 2.0, 4.0, 6.0])))
+    # one step: m(a)/m(b) sits at the flat bottom of its curve, so the discretization alone
+    # reads as a fraction of a volt of plateau (plateaus shorter than about w are not resolved)
+    assert 0.0 <= got[0] < 0.3
+    assert np.all(np.diff(got) > 0)
 
 
 def test_c_like_height_and_width_of_a_known_step():
@@ -66,21 +64,42 @@ def test_c_like_width_is_widened_less_than_the_switching_span_by_a_plateau():
     assert W[1] == pytest.approx(1.6, rel=0.05)  # the 10-90 % span grows from 1.8 V to about 5.6 V
 
 
-@pytest.mark.parametrize("bump", [0.0, 0.8, 2.0])
-def test_hardening_recovers_a_resonance_bump_of_known_height(bump):
+def _resonance(bump, *, centre=3.5, dip_width=1.5, w=1.2, v=V):
+    """A resonance branch pair in kHz: line, butterfly s V, softening dip at switching and a rise
+    of height ``bump`` ``centre`` volts before the coercive voltage (loops of ``_loops(w, 0)``)."""
     from switchscope.waveform import descending_steps
 
-    w, b = 1.2, 0.8
-    loops = _loops(w, 0.0)
-    desc = descending_steps(V)
+    desc = descending_steps(v)
     c = np.where(desc, -5.0, 6.0)
-    start = c + np.where(desc, 1.0, -1.0) * w * erfinv(b)
-    centre = start + np.where(desc, 1.0, -1.0) * 2.5  # on the fit's 0.5 V grid of rise positions
-    half = w * erfinv(b)
-    res = (1320.0 + 0.05 * np.where(desc, 1, -1) * V - 1.4 * np.exp(-(((V - c) / (1.5 * half)) ** 2))
-           + bump * np.exp(-(((V - centre) / 1.3) ** 2)))
-    got = hardening(V, loops, res[None, :])[0]
-    assert got == pytest.approx(bump, abs=0.03)
+    before = np.where(desc, 1.0, -1.0)
+    half = w * erfinv(0.8)  # coercive voltage to the start of switching
+    return (1320.0 + 0.02 * v + 0.05 * erf((v - c) / w) * v - 1.4 * np.exp(-(((v - c) / (dip_width * half)) ** 2))
+            + bump * np.exp(-(((v - c - before * centre) / 1.3) ** 2)))
+
+
+@pytest.mark.parametrize("bump", [0.0, 0.8, 2.0])
+def test_hardening_recovers_a_resonance_bump_of_known_height(bump):
+    got = hardening(V, _loops(1.2, 0.0), _resonance(bump)[None, :])[0]
+    assert got == pytest.approx(bump, abs=0.01)
+
+
+def test_hardening_off_the_models_grid_of_positions_and_dip_widths():
+    got = hardening(V, _loops(1.2, 0.0), _resonance(1.0, centre=3.7, dip_width=1.3)[None, :])[0]
+    assert got == pytest.approx(1.0, abs=0.05)
+
+
+def test_hardening_with_noise_on_the_papers_waveform():
+    from switchscope.synthetic import paper_waveform
+    from switchscope.waveform import descending_steps
+
+    v = paper_waveform()  # 96 steps of 2/3 V
+    rng = np.random.default_rng(0)
+    loops = 2.0 * _state(v, np.where(descending_steps(v), -5.0, 6.0), 1.2, 0.0)[None, :]
+    clean_res = _resonance(1.0, v=v)
+    noisy = clean_res[None, :] + 0.15 * rng.standard_normal((200, v.size))  # the synthetic film's noise
+    got = hardening(v, np.repeat(loops, 200, axis=0), noisy)
+    assert np.mean(got) == pytest.approx(1.0, abs=0.1)
+    assert np.std(got) < 0.2
 
 
 def _film(seed=3, rows=12, cols=12):
@@ -119,12 +138,13 @@ def test_detectors_against_truth_on_an_unseen_film():
            (("mechanism_three_state", "truth_three_state"), ("mechanism_c_like", "truth_c_fraction"),
             ("mechanism_hardening", "truth_hardening"))}
     # measured on the calibrated film (seeds 11, 12, 13): three-state 0.75-0.81, c-like 0.90-0.91,
-    # hardening 0.42-0.43; the issue's 0.8 is missed for hardening (and for three-state on two of
-    # three films): the calibrated rise is as weak as the real film's (docs/mechanisms.md)
+    # hardening 0.90-0.91; three-state misses the issue's 0.8 on two of three films: plateaus
+    # shorter than the step width are not resolved at the film's noise (docs/mechanisms.md)
     assert rho["mechanism_three_state"] >= 0.7
     assert rho["mechanism_c_like"] >= 0.8
-    assert rho["mechanism_hardening"] >= 0.35
+    assert rho["mechanism_hardening"] >= 0.8
     assert maps["mechanism_hardening"].attrs["units"] == "kHz"
+    assert maps["mechanism_three_state"].attrs["units"] == "V"
 
 
 def test_config_is_validated():

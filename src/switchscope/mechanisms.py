@@ -9,20 +9,22 @@ steps at the lowest and at the highest voltages; ``H`` their difference). ``m(a)
 span (V) over which ``|s| < a``, measured exactly on the piecewise-linear branch (so it does not
 need a monotonic or noise-free branch).
 
-``mechanism_three_state`` (1, 0..1)
-    Weight of an intermediate plateau: ``(m(a)/m(b) - k) / (1 - k)``, clipped to 0..1, with
-    ``a = 0.25``, ``b = 0.8`` and ``k = erfinv(a)/erfinv(b)`` (what one error-function step gives).
-    0: one switching event (the derivative of the branch has one peak); 1: the branch spends its
-    whole switching span near zero response (two separated events, the c -> a -> c sequence).
-    Mean of the two branches.
+``mechanism_three_state`` (V)
+    Width of an intermediate plateau between two switching events (the c -> a -> c sequence):
+    the plateau ``d`` of the two-step model ``p(V) = [erf((V - c - d/2)/w) + erf((V - c + d/2)/w)]
+    / 2`` that has the branch's measured ``m(a)/m(b)`` (a function of ``d/w`` alone, from
+    ``erfinv(a)/erfinv(b)`` for one step towards 1) and ``m(b)``, with ``a = 0.25``, ``b = 0.8``;
+    0 for one error-function step (one peak in the derivative of the branch). Mean of the two
+    branches.
 ``mechanism_hardening`` (the resonance's units: kHz, or standard deviations of a normalized file)
-    Rise of the resonance frequency before switching above its local baseline: on each branch,
-    the amplitude of a Gaussian rise (width ``rise_width``) fitted by linear least squares together
-    with the local baseline (a line in V plus the softening dip at switching, a Gaussian centred on
-    the coercive voltage), over the steps from the coercive voltage to ``hardening_window +
-    baseline_window`` beyond the start of switching; the rise's centre (0..``hardening_window`` V
-    before the start of switching, where ``|s|`` reaches ``b``) and the dip's width are those
-    that fit best. Mean of the two branches; negative when the resonance dips instead.
+    Rise of the resonance frequency before switching above the branch's baseline: on each branch,
+    the amplitude of a Gaussian rise (width ``rise_width``, 1.3 V) centred 1-8 V before the
+    coercive voltage ``Vc`` (the zero crossing of the branch), fitted by linear least squares over
+    the whole branch together with its baseline: a line, the butterfly ``s(V) V`` (the measured
+    polarization times the field) and the softening dip at switching (a Gaussian centred on
+    ``Vc``); averaged over the rise centres and dip widths with the weight of each fit's
+    likelihood (:func:`hardening`). Mean of the two branches; negative when the resonance dips
+    before switching instead.
 ``mechanism_c_like`` (1, film median about 1)
     c-like switching, a tall and sharp step: ``(h^2 q)^(1/3)``, the geometric mean of the step
     height relative to the film's median (``h = H / median H``, counted twice: it is the direct
@@ -41,12 +43,13 @@ film (it measures the same thing here; it is listed with it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
-from scipy.special import erfinv
+from scipy.special import erf, erfinv
 
 from ._config import StageConfig, register
 from ._context import RunContext
@@ -71,9 +74,9 @@ __all__ = [
 #: Detector variable -> (label in sentences, one-line definition).
 DETECTORS: dict[str, tuple[str, str]] = {
     "mechanism_three_state": ("three-state switching",
-                              "weight of an intermediate plateau on the switching branches (0 one step, 1 all plateau)"),
+                              "width of an intermediate plateau between two switching events on the branches"),
     "mechanism_hardening": ("elastic hardening",
-                            "rise of the resonance frequency before switching above its local baseline"),
+                            "rise of the resonance frequency before switching above the branch's baseline"),
     "mechanism_c_like": ("c-like switching",
                          "geometric mean of step height (twice) and sharpness, each relative to the film median"),
 }
@@ -95,9 +98,9 @@ class MechanismsConfig(StageConfig):
         The resonance channel for elastic hardening (skipped without ``<resonance>_clean``).
     plateau_level, switching_level : float
         ``a`` and ``b`` of the definitions (0 < a < b < 1).
-    hardening_window, baseline_window, rise_width : float
-        Volts: how far before the start of switching a rise is looked for, how much further the
-        baseline is fitted, and the width of the rise.
+    rise_from, hardening_window, rise_width : float
+        Volts: the rise's centre is looked for from ``rise_from`` to ``hardening_window`` before the
+        coercive voltage; ``rise_width`` is its Gaussian width.
     min_rho, margin, same_measure : float
         The naming rule (module docstring).
     """
@@ -106,8 +109,8 @@ class MechanismsConfig(StageConfig):
     resonance: str = "resonance"
     plateau_level: float = 0.25
     switching_level: float = 0.8
-    hardening_window: float = 6.0
-    baseline_window: float = 6.0
+    rise_from: float = 1.0
+    hardening_window: float = 8.0
     rise_width: float = 1.3
     min_rho: float = 0.6
     margin: float = 0.1
@@ -122,8 +125,10 @@ class MechanismsConfig(StageConfig):
         if self.plateau_level >= self.switching_level:
             self._fail("plateau_level", f"smaller than switching_level ({self.switching_level})",
                        self.plateau_level)
-        for name in ("hardening_window", "baseline_window", "rise_width"):
+        for name in ("rise_from", "hardening_window", "rise_width"):
             self.check_number(name, lo=0, hi=1000, lo_open=True)
+        if self.rise_from > self.hardening_window:
+            self._fail("rise_from", f"at most hardening_window ({self.hardening_window})", self.rise_from)
         self.check_number("min_rho", lo=0, hi=1)
         self.check_number("margin", lo=0, hi=1)
         self.check_number("same_measure", lo=0, hi=1)
@@ -209,9 +214,31 @@ def _as_curves(x: Any, name: str) -> np.ndarray:
 
 
 # -- detectors ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _plateau_table(a: float, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two-step model with ``w = 1``, on a grid of plateau widths ``r = d / w``: ``m(a)/m(b)``
+    (rises monotonically from ``erfinv(a)/erfinv(b)`` at ``r = 0`` towards 1) and ``m(b)``."""
+    r = np.concatenate([np.linspace(0.0, 4.0, 401), np.linspace(4.05, 40.0, 720)])
+
+    def half_span(level: float) -> np.ndarray:  # x >= 0 where the step reaches ``level`` (bisection)
+        lo, hi = np.zeros_like(r), np.full_like(r, r.max() / 2 + 10.0)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            below = 0.5 * (erf(mid - r / 2) + erf(mid + r / 2)) < level
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+    xa, xb = half_span(a), half_span(b)
+    return r, xa / xb, 2.0 * xb
+
+
 def three_state(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
                 switching_level: float = 0.8) -> np.ndarray:
-    """Weight of an intermediate plateau on the switching branches, 0..1 (module docstring).
+    """Width of the intermediate plateau on the switching branches, in volts (module docstring).
+
+    The plateau ``d`` of the two-step model ``[erf((V - c - d/2)/w) + erf((V - c + d/2)/w)] / 2``
+    that has the branch's measured ``m(a) / m(b)`` (a function of ``d / w`` alone) and ``m(b)``;
+    0 where the branch is one error-function step or steeper near zero. Mean of the two branches.
 
     Parameters
     ----------
@@ -226,15 +253,17 @@ def three_state(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
     brs = branches(voltage)
     s_all, _ = _levels(X, brs)
     a, b = float(plateau_level), float(switching_level)
-    k = float(erfinv(a) / erfinv(b))
-    w = []
+    r_grid, ratio, mb_grid = _plateau_table(a, b)
+    d = []
     for br, s in zip(brs, s_all):
         u = br.voltage
         ma = _measure_below(s, u, a) - _measure_below(s, u, -a)
         mb = _measure_below(s, u, b) - _measure_below(s, u, -b)
         with np.errstate(invalid="ignore", divide="ignore"):
-            w.append(np.clip((ma / mb - k) / (1.0 - k), 0.0, 1.0))
-    return np.mean(w, axis=0)
+            r = np.interp(ma / mb, ratio, r_grid, left=0.0, right=r_grid[-1])
+            w = mb / np.interp(r, r_grid, mb_grid)
+            d.append(np.where(np.isfinite(ma / mb) & (mb > 0), r * w, np.nan))
+    return np.mean(d, axis=0)
 
 
 def c_like(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
@@ -266,17 +295,24 @@ def c_like(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
 
 
 def hardening(voltage: Any, loops: Any, resonance: Any, *, switching_level: float = 0.8,
-              hardening_window: float = 6.0, baseline_window: float = 6.0, rise_width: float = 1.3,
-              step: float = 0.5, dip_widths: tuple[float, ...] = (1.0, 1.5, 2.0)) -> np.ndarray:
-    """Rise of the resonance before switching above its local baseline, in the resonance's units.
+              rise_from: float = 1.0, hardening_window: float = 8.0, rise_width: float = 1.3,
+              step: float = 0.5, dip_widths: tuple[float, ...] = (0.8, 1.1, 1.5, 2.0)) -> np.ndarray:
+    """Rise of the resonance before switching above the branch's baseline, in the resonance's units.
 
-    The switching (coercive voltage and start of switching) comes from ``loops``; on each
-    branch the resonance from the coercive voltage to ``hardening_window + baseline_window``
-    volts beyond the start of switching is fitted (linear least squares, every pixel at once) by
-    ``c0 + c1 V - D exp(-((V - Vc)/(f d))^2) + A exp(-((V - Vr)/rise_width)^2)`` with ``d`` the
-    distance from the coercive voltage to the start of switching (at least 0.5 V), ``f`` in
-    ``dip_widths`` and ``Vr`` every ``step`` volts from 0 to ``hardening_window`` before the
-    start; ``A`` of the best fit is the rise. Returns the mean of the two branches (n_pixels,).
+    On each branch (the switching from ``loops``: ``s`` the normalized branch, ``Vc`` its zero
+    crossing, ``d`` the distance from ``Vc`` to the start of switching, where ``|s|`` reaches
+    ``switching_level``, at least 0.5 V) the resonance of every step of the branch is fitted by
+    linear least squares, every pixel at once, with::
+
+        c0 + c1 V + c2 s(V) V - D exp(-((V - Vc)/(f d))^2) + A exp(-((V - Vr)/rise_width)^2)
+
+    a line, the butterfly (the polarization-times-field shift, from the measured branch), the
+    softening dip at switching and the rise, for every dip width ``f`` in ``dip_widths`` and rise
+    centre ``Vr`` every ``step`` volts from ``rise_from`` to ``hardening_window`` before ``Vc``.
+    The rise is ``A`` averaged over these models with the weights ``exp(-(SSE - SSE_min) / (2
+    sigma^2))`` (``sigma^2 = SSE_min / (n - 5)``, the branch's noise; a model average rather than the
+    single best model, which noise picks at random among near-equal ones). Returns the mean of the
+    two branches (n_pixels,); negative where the resonance dips before switching instead.
     """
     X = _as_curves(loops, "loops")
     Rf = _as_curves(resonance, "resonance")
@@ -285,6 +321,7 @@ def hardening(voltage: Any, loops: Any, resonance: Any, *, switching_level: floa
     brs = branches(voltage)
     s_all, _ = _levels(X, brs)
     b = float(switching_level)
+    offsets = np.arange(float(rise_from), float(hardening_window) + 1e-9, float(step))
     rises = []
     for br, s in zip(brs, s_all):
         u = br.voltage
@@ -292,29 +329,29 @@ def hardening(voltage: Any, loops: Any, resonance: Any, *, switching_level: floa
         vc = u[0] + _measure_below(s, u, 0.0)
         start = u[0] + _measure_below(s, u, b if br.falling else -b)
         r = br.of(Rf)
-        dist_c = (u[None, :] - vc[:, None]) * sg
-        dist_s = (u[None, :] - start[:, None]) * sg
-        fit = (dist_c >= 0) & (dist_s <= hardening_window + baseline_window) & np.isfinite(r)
+        fit = np.isfinite(r) & np.isfinite(s)
         r0 = np.where(fit, r, 0.0)
         half = np.maximum(np.abs(start - vc), 0.5)
-        best_sse = np.full(r.shape[0], np.inf)
-        best = np.full(r.shape[0], np.nan)
-        ones = np.ones_like(r)
-        lin = np.broadcast_to(u, r.shape)
+        base = [np.ones_like(r), np.broadcast_to(u, r.shape), np.where(fit, np.clip(s, -1.5, 1.5), 0.0) * u]
+        amps, sses = [], []
         for f in dip_widths:
             dip = np.exp(-(((u[None, :] - vc[:, None]) / (f * half[:, None])) ** 2))
-            for off in np.arange(0.0, hardening_window + 1e-9, step):
-                vr = start + sg * off
-                rise = np.exp(-(((u[None, :] - vr[:, None]) / rise_width) ** 2))
-                A = np.stack([ones, lin, dip, rise], axis=-1) * fit[..., None]
-                AtA = np.einsum("nki,nkj->nij", A, A) + 1e-9 * np.eye(4)
+            for off in offsets:
+                rise = np.exp(-(((u[None, :] - (vc + sg * off)[:, None]) / rise_width) ** 2))
+                A = np.stack(base + [dip, rise], axis=-1) * fit[..., None]
+                AtA = np.einsum("nki,nkj->nij", A, A)
+                AtA += 1e-9 * np.einsum("nii->n", AtA)[:, None, None] / 5 * np.eye(5)  # scale-free ridge
                 coef = np.linalg.solve(AtA, np.einsum("nki,nk->ni", A, r0)[..., None])[..., 0]
-                sse = ((r0 - np.einsum("nki,ni->nk", A, coef)) ** 2).sum(axis=1)
-                better = sse < best_sse
-                best_sse = np.where(better, sse, best_sse)
-                best = np.where(better, coef[:, 3], best)
-        ok = fit.sum(axis=1) >= 6  # four coefficients and some left for the noise
-        rises.append(np.where(ok, best, np.nan))
+                sses.append(((r0 - np.einsum("nki,ni->nk", A, coef)) ** 2).sum(axis=1))
+                amps.append(coef[:, 4])
+        sse, amp = np.asarray(sses), np.asarray(amps)
+        n_fit = fit.sum(axis=1)
+        floor = 1e-24 * np.maximum((r0**2).sum(axis=1), 1e-300)  # noise-free curves: the best model wins
+        sigma2 = np.maximum(sse.min(axis=0) / np.maximum(n_fit - 5, 1), floor)
+        with np.errstate(invalid="ignore", over="ignore"):
+            weight = np.exp(-(sse - sse.min(axis=0)) / (2.0 * sigma2))
+            rise_amp = (weight * amp).sum(axis=0) / weight.sum(axis=0)
+        rises.append(np.where(n_fit >= 10, rise_amp, np.nan))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(rises, axis=0)
@@ -341,7 +378,7 @@ def detect(ds: xr.Dataset, config: MechanismsConfig | None = None) -> dict[str, 
         out[var] = xr.DataArray(values.reshape(grid), dims=("row", "col"),
                                 attrs={"units": units, "long_name": DETECTORS[var][1], **attrs})
 
-    put("mechanism_three_state", three_state(voltage, X, **kw), "1", from_variable=name)
+    put("mechanism_three_state", three_state(voltage, X, **kw), "V", from_variable=name)
     c, H, W = c_like(voltage, X, **kw)
     put("mechanism_c_like", c, "1", from_variable=name, median_height=float(np.nanmedian(H)),
         height_units=str(da.attrs.get("units", "")), median_width_v=float(np.nanmedian(W)))
@@ -353,7 +390,7 @@ def detect(ds: xr.Dataset, config: MechanismsConfig | None = None) -> dict[str, 
         units = "standard deviations (normalized resonance)" if normalized else str(attrs.get("units", "kHz"))
         put("mechanism_hardening",
             hardening(voltage, X, R, switching_level=config.switching_level,
-                      hardening_window=config.hardening_window, baseline_window=config.baseline_window,
+                      rise_from=config.rise_from, hardening_window=config.hardening_window,
                       rise_width=config.rise_width),
             units, from_variable=rname)
     return out
