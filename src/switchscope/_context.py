@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclasses.dataclass
@@ -37,6 +37,9 @@ class RunContext:
     #: Folder of the input file, where saved results keep their ``models/`` (``--stages interpret``
     #: on a ``results.nc`` finds its networks there); None for in-memory or synthetic data.
     input_dir: Path | None = None
+    #: Chunked runs (:mod:`switchscope.chunked`): writes a Dataset of lazy results chunk by chunk
+    #: into the run's store and returns them re-opened lazily from it; None computes in memory.
+    persist: Callable[[Any], Any] | None = None
 
     def models_dirs(self) -> list[Path]:
         """Where saved networks are looked for: the run's ``models/``, then the input's."""

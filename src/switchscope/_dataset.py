@@ -113,10 +113,17 @@ def check_values(ds: xr.Dataset) -> None:
         da = ds[name]
         if da.dtype.kind not in "iuf":
             raise DataError(f"channel {name!r} holds {da.dtype} values, not numbers; give numeric data")
-        vals = np.asarray(da.values, dtype=float)
-        finite = vals[np.isfinite(vals)]
-        if finite.size and float(np.abs(finite).max()) > MAX_ABS_VALUE:
-            big = float(np.abs(finite).max())
+        if da.chunks is not None:  # read lazily (a Zarr store): one pass over the chunks, nothing held
+            import dask.array as dsk
+
+            x = da.data.astype(float)
+            big = float(dsk.nanmax(dsk.where(dsk.isfinite(x), abs(x), np.nan)).compute())
+            big = big if np.isfinite(big) else 0.0
+        else:
+            vals = np.asarray(da.values, dtype=float)
+            finite = vals[np.isfinite(vals)]
+            big = float(np.abs(finite).max()) if finite.size else 0.0
+        if big > MAX_ABS_VALUE:
             exponent = int(np.floor(np.log10(big)))
             raise DataError(
                 f"channel {name!r} holds values up to {big:.3g}, beyond the {MAX_ABS_VALUE:.0e} switchscope "

@@ -159,12 +159,18 @@ def _import_stage_modules() -> None:
             if not exc.name or not exc.name.startswith("switchscope"):
                 raise
     importlib.import_module("switchscope.synthetic")
+    importlib.import_module("switchscope._scheduler")  # the [run] section
 
 
 def _check_seed(args: argparse.Namespace) -> None:
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed < 2**32:
         raise ConfigError(f"--seed must be an integer from 0 to {2**32 - 1}, got {seed}")
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"scheduler": getattr(args, "scheduler", None), "format": getattr(args, "format", None),
+            "chunk_pixels": getattr(args, "chunk_pixels", None)}
 
 
 def _synthetic_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_device(args.device)
     from .io.config import data_paths
 
-    configs = _configs(args, {"synthetic": _synthetic_overrides(args)})
+    configs = _configs(args, {"synthetic": _synthetic_overrides(args), "run": _run_overrides(args)})
     _data_config(args, configs)
     paths = data_paths(configs.get("data"))
     voltage_file = args.voltage if args.voltage and Path(args.voltage).is_file() else None
@@ -246,31 +252,62 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_stage_command(args: argparse.Namespace, section: str, apply, overrides=None) -> int:
-    """Load ``--data``, apply one stage's function with its config, save to ``--out``."""
+def _one_stage_command(args: argparse.Namespace, section: str, apply, overrides=None, chunked=None) -> int:
+    """Load ``--data``, apply one stage's function with its config, save to ``--out`` (a Zarr
+    store when it ends in ``.zarr``). ``chunked(ds, config)``, where given, is used instead of
+    ``apply`` on data read lazily or with ``--scheduler``."""
     from ._dataset import check_values
+    from ._scheduler import check_reachable, parse_scheduler, scheduler
     from .io import save
     from .io.config import data_paths, load_data
     from .sho_stage import needs_sho
 
-    configs = _configs(args, {section: overrides or {}})
+    configs = _configs(args, {section: overrides or {}, "run": _run_overrides(args)})
     _data_config(args, configs)
-    out = check_output_file(args.out, args.force, inputs=data_paths(configs.get("data")))
+    zarr_out = str(args.out).rstrip("/").endswith(".zarr")
+    inputs = data_paths(configs.get("data"))
+    if zarr_out:
+        from .io.zarr import check_output_store
+
+        out = check_output_store(args.out, args.force, inputs=inputs)
+    else:
+        out = check_output_file(args.out, args.force, inputs=inputs)
+    run_cfg = configs.get("run") or STAGE_CONFIGS["run"]()
+    spec = parse_scheduler(run_cfg.scheduler)
+    check_reachable(spec)
     ds = load_data(configs["data"])
     if needs_sho(ds):
         raise DataError(f"{printable(ds.attrs.get('source', 'the data'))} holds raw spectra only; fit them first: "
                         "switchscope run --data FILE --select group=Raw_Data --stages sho,project,clean,loops")
     check_values(ds)
-    ds = apply(ds, configs.get(section) or STAGE_CONFIGS[section]())
-    save(ds, out, overwrite=args.force)
+    config = configs.get(section) or STAGE_CONFIGS[section]()
+    with scheduler(spec):
+        from .chunked import chunk_pixels, is_lazy, pixels_per_chunk
+
+        if chunked is not None and (is_lazy(ds) or spec.distributed):
+            ds = chunk_pixels(ds, pixels_per_chunk(ds, run_cfg.chunk_pixels))
+            ds = chunked(ds, config)
+        else:
+            ds = apply(ds, config)
+        if zarr_out:
+            from .io.zarr import save_zarr
+
+            save_zarr(ds, out, overwrite=args.force, progress=True)
+        else:
+            import dask
+
+            with dask.config.set(scheduler="threads"):  # one process writes the HDF5 file
+                save(ds, out, overwrite=args.force)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_fit_loops(args: argparse.Namespace) -> int:
+    from .chunked import fit_loops_dataset_chunked
     from .loops import fit_loops_dataset
 
-    return _one_stage_command(args, "loops", fit_loops_dataset, {"model": args.model})
+    return _one_stage_command(args, "loops", fit_loops_dataset, {"model": args.model},
+                              chunked=fit_loops_dataset_chunked)
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
@@ -285,7 +322,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ._output import MARKER, files_in, foreign_files, locked, read_marker, write_marker
 
     out = Path(args.out)
-    if not (out / "results.nc").is_file():
+    if not (out / "results.nc").is_file() and not (out / "results.zarr").is_dir():
         raise DataError(f"{printable(repr(str(out / 'results.nc')))} not found; give the folder written by "
                         "`switchscope run`")
     marker = read_marker(out)
@@ -309,12 +346,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------
 def _add_data_options(p: argparse.ArgumentParser, required: bool) -> None:
-    what = ("measurement file (.mat, .nc, .npy, .npz, USID/NSID .h5); repeat it to merge files, one channel "
+    what = ("measurement file (.mat, .nc, .npy, .npz, USID/NSID .h5, a .zarr store, read lazily); repeat it to merge files, one channel "
             "each, as CHANNEL=FILE (e.g. --data loops.mat --data resonance=res.npy)")
     p.add_argument("--data", required=required, metavar="[CHANNEL=]FILE", action="append",
                    help=what + ("" if required else "; default: the embedded synthetic dataset"))
     _add_array_options(p)
     _add_select_option(p)
+
+
+def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="local:N|tcp://HOST:PORT",
+                   help="run the per-pixel stages (sho, project, clean, loops) chunk by chunk on dask: local:N "
+                   "starts N worker processes, tcp://HOST:PORT uses a running dask.distributed scheduler "
+                   "([run] scheduler in TOML); default in this process (chunked when --data is a Zarr store)")
+    p.add_argument("--chunk-pixels", type=int, default=None, metavar="N",
+                   help="pixels per chunk of the chunked stages (default 16384, fewer for raw spectra)")
 
 
 def _add_select_option(p: argparse.ArgumentParser) -> None:
@@ -359,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole pipeline: load, clean, fit loops, baselines, autoencoder, report")
     _add_data_options(p, required=False)
+    _add_scheduler_options(p)
+    p.add_argument("--format", choices=["netcdf", "zarr"], default=None,
+                   help="format of OUT/results: netcdf (results.nc, default) or zarr (results.zarr, written "
+                   "chunk by chunk; for large scans)")
     p.add_argument("--out", default="switchscope-out", metavar="DIR",
                    help="output folder, created by the run (default switchscope-out)")
     p.add_argument("--force", action="store_true",
@@ -399,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit-loops", help="fit every loop of a file and write the switching maps")
     _add_data_options(p, required=True)
-    p.add_argument("--out", required=True, metavar="FILE.nc", help="the NetCDF file to write")
+    _add_scheduler_options(p)
+    p.add_argument("--out", required=True, metavar="FILE.nc|STORE.zarr",
+                   help="the NetCDF file to write, or a Zarr store (a name ending in .zarr)")
     p.add_argument("--model", choices=["paper13", "bglib9"], default=None,
                    help="loop model (default paper13, or [loops] model of --config)")
     p.add_argument("--force", action="store_true",

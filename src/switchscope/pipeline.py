@@ -91,10 +91,69 @@ def _write_results(ds: xr.Dataset, ctx: RunContext, names: list[str],
     from .io import save
 
     ctx.summary["configs"] = {n: stage_config(n, configs).to_dict() for n in names}
-    ctx.summary["timings_s"]["total"] = round(time.perf_counter() - t_all, 3)
     if write_data:
-        save(ds, ctx.workdir / "results.nc")
+        run_cfg = configs.get("run")
+        fmt = getattr(run_cfg, "format", "netcdf")
+        if ctx.persist is not None:
+            _write_chunked(ds, ctx, fmt)
+        elif fmt == "zarr":
+            from .io.zarr import save_zarr
+
+            save_zarr(ds, ctx.workdir / "results.zarr", progress=ctx.progress)
+        else:
+            save(ds, ctx.workdir / "results.nc")
+    ctx.summary["timings_s"]["total"] = round(time.perf_counter() - t_all, 3)
     write_json(ctx.summary, ctx.workdir / "summary.json")
+
+
+#: The store a chunked run writes its results into as the stages go (``results.zarr`` itself
+#: with ``--format zarr``; with NetCDF output, this scratch store, removed once it is copied).
+_SCRATCH_STORE = ".chunks.zarr"
+
+
+def _store_path(ctx: RunContext, fmt: str) -> Path:
+    return ctx.workdir / ("results.zarr" if fmt == "zarr" else _SCRATCH_STORE)
+
+
+def _persist_into(store: Path, progress: bool) -> Callable[[xr.Dataset], xr.Dataset]:
+    """``ctx.persist`` of a chunked run: write lazy results chunk by chunk into ``store`` (on the
+    active dask scheduler) and give them back lazily, read from it."""
+    from .io.zarr import open_store, write_zarr
+
+    def persist(lazy: xr.Dataset) -> xr.Dataset:
+        write_zarr(lazy, store, append=store.exists(), progress=progress)
+        return open_store(store)[list(lazy.data_vars)]
+
+    return persist
+
+
+def _write_chunked(ds: xr.Dataset, ctx: RunContext, fmt: str) -> None:
+    """The results of a chunked run: the variables not yet in its store are added (inputs and
+    what the in-memory stages computed, chunk by chunk), attributes brought up to date, and, for
+    NetCDF output, the store copied chunk by chunk into ``results.nc`` and removed."""
+    import dask
+    import shutil
+
+    from .io import save
+    from .io.zarr import open_store, update_attrs, write_zarr
+
+    store = _store_path(ctx, fmt)
+    have = set(xr.open_zarr(store, chunks=None).data_vars) if store.exists() else set()
+    todo = [v for v in ds.data_vars if v not in have]
+    if todo:
+        write_zarr(ds[todo], store, append=store.exists(), progress=ctx.progress)
+    update_attrs(store, ds)
+    if fmt == "zarr":
+        from .io.zarr import consolidate
+
+        consolidate(store)
+        return
+    stored = open_store(store)
+    stored.attrs = dict(ds.attrs)
+    # one process writes the HDF5 file, reading the store chunk by chunk (threads, no cluster)
+    with dask.config.set(scheduler="threads"):
+        save(stored[list(ds.data_vars)], ctx.workdir / "results.nc")
+    shutil.rmtree(store)
 
 
 def load_data(data: xr.Dataset | str | Path | None, configs: Mapping[str, StageConfig],
@@ -185,24 +244,56 @@ def run(
     with locked(resolved):
         recover(resolved)  # what killed runs left here, before judging what is there
         check_output_folder(out, force, inputs)
+        spec = _scheduler_spec(configs)
         t0 = time.perf_counter()
         ds = load_data(data, configs, load_options)
         load_seconds = time.perf_counter() - t0
         names = preflight(ds, names, configs, explicit=stages is not None, device=device,
                           pretrained=pretrained, log=log)
         input_dir = Path(inputs[0]).resolve().parent if inputs else None
-        work, run_id = begin(resolved)
-        try:
-            ds = _run_stages(ds, names, configs, work, seed=seed, device=device, pretrained=pretrained,
-                             progress=progress, log=log, load_seconds=load_seconds, input_dir=input_dir)
-            commit(work, resolved, run_id, force=force)
-        except BaseException as exc:
-            if not isinstance(exc, OutputChanged):  # that one keeps the new results for the user
-                discard(work)
-            raise
-    log(f"results written to {out}/ (results.nc, summary.json"
+        with _scheduler(spec, log=log):
+            ds = _chunked_input(ds, spec, configs)
+            work, run_id = begin(resolved)
+            try:
+                ds = _run_stages(ds, names, configs, work, seed=seed, device=device, pretrained=pretrained,
+                                 progress=progress, log=log, load_seconds=load_seconds, input_dir=input_dir)
+                commit(work, resolved, run_id, force=force)
+            except BaseException as exc:
+                if not isinstance(exc, OutputChanged):  # that one keeps the new results for the user
+                    discard(work)
+                raise
+    results = "results.zarr" if getattr(configs.get("run"), "format", "netcdf") == "zarr" else "results.nc"
+    log(f"results written to {out}/ ({results}, summary.json"
         + (", report/index.html)" if "report" in names else ")"))
     return ds
+
+
+def _scheduler_spec(configs: Mapping[str, StageConfig]):
+    """The run's ``[run] scheduler``, parsed, and a ``tcp://`` one reached (before any work)."""
+    from ._scheduler import check_reachable, parse_scheduler
+
+    spec = parse_scheduler(getattr(configs.get("run"), "scheduler", None))
+    check_reachable(spec)
+    return spec
+
+
+def _scheduler(spec, log):
+    from ._scheduler import scheduler
+
+    return scheduler(spec, log=log)
+
+
+def _chunked_input(ds: xr.Dataset, spec, configs: Mapping[str, StageConfig]) -> xr.Dataset:
+    """The data in chunks of pixels when the run is chunked: data read lazily (a Zarr store), or
+    any data when a dask cluster runs the stages. Otherwise the data as it is (in memory)."""
+    from .chunked import chunk_pixels, is_lazy, pixels_per_chunk
+
+    if not (is_lazy(ds) or spec.distributed):
+        return ds
+    from ._scheduler import DEFAULT_CHUNK_PIXELS
+
+    pixels = int(getattr(configs.get("run"), "chunk_pixels", DEFAULT_CHUNK_PIXELS))
+    return chunk_pixels(ds, pixels_per_chunk(ds, pixels))
 
 
 def _torchrun_rank() -> int:
@@ -320,6 +411,12 @@ def _run_stages(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageCon
                 log: Callable[[str], None], load_seconds: float, input_dir: Path | None = None) -> xr.Dataset:
     ctx = RunContext(workdir=work, seed=seed, device=device, pretrained=pretrained, progress=progress,
                      input_dir=input_dir)
+    from .chunked import CHUNKED_STAGES, is_lazy
+
+    chunked = is_lazy(ds)
+    if chunked:
+        fmt = getattr(configs.get("run"), "format", "netcdf")
+        ctx.persist = _persist_into(_store_path(ctx, fmt), progress)
     ctx.summary["dataset"] = {
         "source": str(ds.attrs.get("source", "synthetic")),
         "grid": [int(ds.sizes.get("row", 0)), int(ds.sizes.get("col", 0))],
@@ -333,6 +430,10 @@ def _run_stages(ds: xr.Dataset, names: list[str], configs: Mapping[str, StageCon
     t_all = time.perf_counter()
     for i, name in enumerate(names, 1):
         fn = stage_function(name)
+        if chunked and name in CHUNKED_STAGES:
+            from . import chunked as chunked_stages
+
+            fn = getattr(chunked_stages, f"{name}_stage")
         cfg = stage_config(name, configs)
         log(f"[{i}/{len(names)}] {name} ...")
         t0 = time.perf_counter()

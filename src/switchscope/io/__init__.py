@@ -3,7 +3,8 @@ NetCDF (atomically), :func:`describe` a Dataset as text.
 
 Formats read (detected from the bytes, never the suffix alone): MATLAB v5/v7 and v7.3 ``.mat``
 with the paper's variable names, NumPy ``.npy``/``.npz`` with an explicit voltage and grid,
-NetCDF written by :func:`save`, USID HDF5 (:mod:`.usid`) and NSID HDF5 (:mod:`.nsid`).
+NetCDF written by :func:`save`, USID HDF5 (:mod:`.usid`), NSID HDF5 (:mod:`.nsid`) and Zarr stores
+(:mod:`.zarr`, opened lazily as dask arrays; :func:`save_zarr` writes them chunk by chunk).
 """
 
 from ._base import PAPER_KEYS, Reader
@@ -15,6 +16,7 @@ from .netcdf import NetCDFReader, save
 from .npy import NpyReader, NpzReader
 from .nsid import NSIDReader
 from .usid import USIDReader
+from .zarr import ZarrReader, save_zarr
 from ..paper import paper_voltage
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "NpzReader",
     "NSIDReader",
     "USIDReader",
+    "ZarrReader",
     "Reader",
     "describe",
     "find_reader",
@@ -37,4 +40,5 @@ __all__ = [
     "parse_grid",
     "parse_voltage",
     "save",
+    "save_zarr",
 ]

@@ -19,10 +19,11 @@ from .netcdf import NetCDFReader
 from .npy import NpyReader, NpzReader
 from .nsid import NSIDReader
 from .usid import USIDReader
+from .zarr import ZarrReader, is_zarr_store
 
-#: Every format switchscope reads, in the order they are tried.
+#: Every format switchscope reads, in the order they are tried (a Zarr store is a folder).
 READERS: tuple[Reader, ...] = (MatV5Reader(), MatV73Reader(), NpyReader(), NpzReader(), NetCDFReader(),
-                               USIDReader(), NSIDReader())
+                               USIDReader(), NSIDReader(), ZarrReader())
 
 
 def formats() -> str:
@@ -33,6 +34,8 @@ def formats() -> str:
 def find_reader(path: PathLike) -> Reader:
     """The reader that claims ``path`` from its content; a :class:`FormatError` if none does."""
     path = Path(path)
+    if is_zarr_store(path):
+        return READERS[-1]
     check_regular_file(path)
     try:
         size = path.stat().st_size

@@ -235,20 +235,34 @@ def _inside(p: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     return np.clip(p, lo, hi)
 
 
+def _kmeans_sample(n: int, seed: int) -> np.ndarray | None:
+    """Rows of the ``n`` loops that the k-means of the priors sees: all (None) up to 20000,
+    else a random sample of 20000."""
+    return None if n <= 20000 else np.random.default_rng(seed).choice(n, 20000, replace=False)
+
+
+def _kmeans(sample: np.ndarray, n_clusters: int, seed: int) -> KMeans:
+    """The k-means of the priors, fitted on the normalized loops ``sample``."""
+    return KMeans(n_clusters=min(n_clusters, sample.shape[0]), max_iter=50, random_state=seed).fit(sample)
+
+
 def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.ndarray,
                    n_clusters: int, seed: int, lm_kwargs: dict, lower: np.ndarray,
-                   upper: np.ndarray, tt: dict, use_numba: bool = False) -> np.ndarray:
+                   upper: np.ndarray, tt: dict, use_numba: bool = False,
+                   km: KMeans | None = None) -> np.ndarray:
     """Fit the k-means centroids of the normalized loops; each pixel gets its centroid's fit.
 
     Cluster-centre fits as starting points follow BGlib's loop fitter (k-means of the loops,
-    fit of the centres, centre parameters as each member's guess).
+    fit of the centres, centre parameters as each member's guess). ``km``: the k-means of the
+    whole film when ``Yn`` is a part of it (:func:`switchscope.chunked.loop_priors`).
     """
-    n = Yn.shape[0]
-    k = min(n_clusters, n)
-    rng = np.random.default_rng(seed)
-    sample = Yn if n <= 20000 else Yn[rng.choice(n, 20000, replace=False)]
-    km = KMeans(n_clusters=k, max_iter=50, random_state=seed).fit(sample)
-    labels = km.predict(Yn) if sample is not Yn else km.labels_
+    if km is None:
+        rows = _kmeans_sample(Yn.shape[0], seed)
+        km = _kmeans(Yn if rows is None else Yn[rows], n_clusters, seed)
+        labels = km.predict(Yn) if rows is not None else km.labels_
+    else:
+        labels = km.predict(Yn)
+    k = km.cluster_centers_.shape[0]
     cent = km.cluster_centers_
     starts = np.stack([_inside(model.guess(v, desc, cent, width=wd), lower, upper)
                        for wd in _GUESS_WIDTHS], axis=1)
@@ -361,7 +375,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
               ftol: float = 1e-5, xtol: float = 1e-7, race_iter: int | None = None, chunk_size: int = 4096,
               nucleation_fraction: float = 0.03, dtype: torch.dtype = torch.float64,
               device: str | torch.device | None = None, seed: int = 0,
-              backend: Literal["auto", "numba", "torch"] = "auto") -> LoopFitResult:
+              backend: Literal["auto", "numba", "torch"] = "auto", priors: Any = None) -> LoopFitResult:
     """Fit a hysteresis-loop model to every pixel at once (batched Levenberg-Marquardt).
 
     Parameters
@@ -409,6 +423,9 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         after; ``dtype`` is ignored). ``"torch"``: batched torch kernels (CPU or GPU).
         ``"auto"`` (default): numba on the CPU for the models it implements (paper13,
         bglib9; 3-5x faster than torch there, see docs/benchmarks.md), torch otherwise.
+    priors : k-means, optional
+        The k-means of the whole film's loops (:func:`switchscope.chunked.loop_priors`), when
+        ``data`` is a part of it: the fit then equals those pixels of the whole film's fit.
 
     Returns
     -------
@@ -466,7 +483,7 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         Wn = finite[fitted]
         Yn = np.where(Wn, Yn, 0.0)
         S = _starts(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt,
-                   use_numba)  # (n_fit, K, P)
+                   use_numba, priors)  # (n_fit, K, P)
         # the models evaluate the descending steps first, then the ascending ones
         order = np.r_[np.flatnonzero(desc), np.flatnonzero(~desc)]
         Yn, Wn = Yn[:, order], Wn[:, order]
@@ -553,13 +570,13 @@ def _triage(X: np.ndarray, n_params: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _starts(mdl: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.ndarray, n_clusters: int, seed: int,
             lm_kwargs: dict, lower: np.ndarray, upper: np.ndarray, tt: dict,
-            use_numba: bool = False) -> np.ndarray:
+            use_numba: bool = False, km: KMeans | None = None) -> np.ndarray:
     """The starts of every pixel ``(n, K, P)`` in normalized units: one data-driven guess per
     width of :data:`_GUESS_WIDTHS`, and a k-means prior when ``n_clusters > 0``."""
     starts = [_inside(mdl.guess(v, desc, Yn, width=wd), lower, upper) for wd in _GUESS_WIDTHS]
     if n_clusters > 0:
         starts.append(_kmeans_priors(mdl, Yn, v, desc, n_clusters, seed, lm_kwargs, lower, upper, tt,
-                                     use_numba))
+                                     use_numba, km))
     return np.stack(starts, axis=1)
 
 

@@ -724,7 +724,9 @@ def build_report(outdir: str | Path, *, config: ReportConfig | None = None) -> P
     """
     outdir = Path(outdir)
     results = outdir / "results.nc"
-    if not results.is_file():
+    if not results.is_file() and (outdir / "results.zarr").is_dir():
+        results = outdir / "results.zarr"  # a run with --format zarr
+    elif not results.is_file():
         raise DataError(f"no results.nc in {str(outdir)!r}; give the output folder of `switchscope run`")
     from ..io import load
 

@@ -1,0 +1,261 @@
+"""Chunked stages on dask (threaded and on a 2-process cluster), Zarr in and out, --scheduler errors.
+
+The chunked results are compared with the in-process ones value by value (exact equality: the
+chunks get the whole film's priors and statistics, and every per-pixel computation is the same).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from switchscope import ConfigError
+from switchscope._scheduler import parse_scheduler, scheduler
+from switchscope.chunked import chunk_pixels, fit_loops_chunked, loop_priors
+from switchscope.io import load, save_zarr
+from switchscope.io.config import DataConfig
+from switchscope.loops import fit_loops
+from switchscope.pipeline import run
+from switchscope.preprocess import clean
+from switchscope.synthetic import make_dataset
+
+from cli_helpers import one_line_error, run_cli
+
+STAGES = ["sho", "project", "clean", "loops"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local cluster of 2 worker processes for the module; yields its tcp:// address."""
+    with scheduler("local:2") as client:
+        yield client.scheduler.address
+
+
+@pytest.fixture(scope="module")
+def loops_film():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return clean(make_dataset(rows=14, cols=10, seed=5), channel="piezoresponse")
+
+
+@pytest.fixture(scope="module")
+def loops_reference(loops_film):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_loops(loops_film, channel="piezoresponse_clean").to_dataset(like=loops_film)
+
+
+def spectra_film(rows=8, cols=6, seed=2) -> xr.Dataset:
+    """Raw complex spectra only (the sho and project stages then run)."""
+    ds = make_dataset(rows=rows, cols=cols, seed=seed, spectra=True, n_freq=16)
+    spec = (ds["spectrum_real"] + 1j * ds["spectrum_imag"]).astype(np.complex64)
+    return xr.Dataset({"spectrum": spec.assign_attrs(units="a.u.")},
+                      coords={"voltage": ds["voltage"], "freq": ds["freq"]}, attrs={"source": "film"})
+
+
+#: Loop metrics integrated by matrix-vector products over the pixels (switchscope.loops._metrics):
+#: BLAS rounds each row by its position in the block, so these agree to a few ulp, not bit for bit.
+ULP_METRICS = ("loop_area", "loop_centroid_voltage", "loop_centroid_response")
+
+
+def assert_same(ref: xr.Dataset, got: xr.Dataset, names=None) -> None:
+    """Every variable equal value by value (NaN where NaN), attributes equal; the integrated
+    loop metrics to 1e-13 relative."""
+    names = list(names or ref.data_vars)
+    assert names
+    for name in names:
+        a, b = ref[name].values, got[name].values
+        assert a.shape == b.shape, name
+        if name in ULP_METRICS:
+            np.testing.assert_allclose(b, a, rtol=1e-13, atol=0, err_msg=name)
+            assert np.array_equal(np.isnan(a), np.isnan(b)), name
+        elif a.dtype.kind in "fc":
+            np.testing.assert_array_equal(a, b, err_msg=name)  # NaN == NaN here
+        else:
+            assert np.array_equal(a, b), name
+        assert ref[name].attrs == got[name].attrs, name
+
+
+def loop_names(ds):
+    return [v for v in ds.data_vars if str(v).startswith("loop_")]
+
+
+# -- the scheduler spec ----------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, kind", [(None, "process"), ("local:3", "local"), ("tcp://127.0.0.1:8786", "tcp"),
+                                        ("tcp://[::1]:8786", "tcp")])
+def test_parse_scheduler(spec, kind):
+    assert parse_scheduler(spec).kind == kind
+
+
+@pytest.mark.parametrize("spec, match", [("local:0", "from 1 to"), ("local:x", "local:N"), ("dask", "local:N"),
+                                         ("tcp://host", "tcp://HOST:PORT"), ("tcp://h:70000", "port"), (3, "local:N")])
+def test_parse_scheduler_refuses(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_scheduler(spec)
+
+
+# -- loops: chunks equal the whole film --------------------------------------------------------------
+def test_loop_priors_are_the_whole_films(loops_film):
+    km = loop_priors(loops_film["piezoresponse_clean"].chunk({"row": 3}), n_clusters=4)
+    km2 = loop_priors(loops_film["piezoresponse_clean"], n_clusters=4)
+    np.testing.assert_array_equal(km.cluster_centers_, km2.cluster_centers_)
+    assert km.cluster_centers_.shape == (4, loops_film.sizes["step"])
+    assert loop_priors(loops_film["piezoresponse_clean"], n_clusters=0) is None
+
+
+def test_chunked_loops_equal_in_process_threads(loops_film, loops_reference):
+    lazy = chunk_pixels(loops_film[["piezoresponse_clean"]], 30)  # 3 rows a chunk: 5 chunks
+    assert len(lazy.chunks["row"]) == 5
+    out = fit_loops_chunked(lazy, "piezoresponse_clean")
+    assert out["loop_params"].chunks is not None  # lazy until computed
+    got = out.compute(scheduler="threads")
+    assert_same(loops_reference, got, loop_names(loops_reference))
+
+
+def test_chunked_loops_differ_without_the_whole_films_priors(loops_film, loops_reference):
+    """The check above can fail: fitting each chunk on its own (its own k-means) changes results."""
+    part = loops_film.isel(row=slice(0, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = fit_loops(part, channel="piezoresponse_clean")
+    whole = loops_reference["loop_params"].isel(row=slice(0, 3)).values.reshape(-1, 13)
+    assert not np.array_equal(alone.params, whole, equal_nan=True)
+
+
+def test_chunked_loops_equal_in_process_on_cluster(cluster, loops_film, loops_reference):
+    from distributed import Client
+
+    with Client(cluster) as client:
+        lazy = chunk_pixels(loops_film[["piezoresponse_clean"]], 40)
+        got = client.compute(fit_loops_chunked(lazy, "piezoresponse_clean")).result()
+    assert_same(loops_reference, got, loop_names(loops_reference))
+
+
+def test_pixel_dim_loops(loops_film, loops_reference):
+    X = loops_film["piezoresponse_clean"].stack(pixel=("row", "col")).transpose("pixel", "step")
+    X = X.drop_vars(["pixel", "row", "col"])
+    ds = xr.Dataset({"y": X}).chunk({"pixel": 50})
+    got = fit_loops_chunked(ds, "y").compute()
+    ref = loops_reference["loop_r2"].values.ravel()
+    np.testing.assert_array_equal(got["loop_r2"].values, ref)
+
+
+# -- zarr ---------------------------------------------------------------------------------------------
+def test_zarr_round_trip_is_lazy_and_exact(tmp_path, loops_reference):
+    path = save_zarr(loops_reference.chunk({"row": 4}), tmp_path / "r.zarr")
+    back = load(path)
+    assert back["piezoresponse"].chunks is not None
+    assert back.attrs["format"] == "zarr"
+    assert_same(loops_reference, back)
+
+
+def test_save_zarr_never_replaces_a_foreign_folder(tmp_path, loops_reference):
+    foreign = tmp_path / "mine.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    from switchscope import OutputError
+
+    with pytest.raises(OutputError, match="not written by switchscope"):
+        save_zarr(loops_reference, foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    ours = save_zarr(loops_reference.isel(row=slice(0, 2)), tmp_path / "ours.zarr")
+    save_zarr(loops_reference.isel(row=slice(0, 3)), ours, overwrite=True)
+    assert load(ours).sizes["row"] == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+# -- the pipeline on chunks ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def spectra_runs(tmp_path_factory, cluster):
+    """The same spectra through sho, project, clean, loops: in memory, from a Zarr store with
+    dask's threads (NetCDF out), and on the cluster (tcp://, Zarr out)."""
+    tmp = tmp_path_factory.mktemp("runs")
+    ds = spectra_film()
+    store = save_zarr(ds.chunk({"row": 3}), tmp / "scan.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(ds, tmp / "mem", stages=STAGES, progress=False, log=lambda m: None)
+        run(None, tmp / "lazy", stages=STAGES, progress=False, log=lambda m: None,
+            configs={"data": DataConfig(path=str(store)), "run": _run_config(chunk_pixels=12)})
+        run(None, tmp / "tcp", stages=STAGES, progress=False, log=lambda m: None,
+            configs={"data": DataConfig(path=str(store)),
+                     "run": _run_config(chunk_pixels=18, scheduler=cluster, format="zarr")})
+    return tmp
+
+
+def _run_config(**kw):
+    from switchscope._scheduler import RunConfig
+
+    return RunConfig(**kw)
+
+
+def test_pipeline_chunked_equals_in_memory(spectra_runs):
+    ref = load(spectra_runs / "mem" / "results.nc")
+    assert {"amplitude", "piezoresponse", "piezoresponse_clean", "resonance_clean", "loop_params"} <= set(ref.data_vars)
+    lazy = load(spectra_runs / "lazy" / "results.nc")
+    assert_same(ref, lazy)
+    on_cluster = load(spectra_runs / "tcp" / "results.zarr")
+    assert on_cluster["loop_params"].chunks is not None
+    assert_same(ref, on_cluster)
+    assert set(on_cluster.data_vars) == set(ref.data_vars)
+    assert not (spectra_runs / "lazy" / ".chunks.zarr").exists()  # the scratch store is gone
+
+
+def test_pipeline_chunked_summary(spectra_runs):
+    import json
+
+    ref = json.loads((spectra_runs / "mem" / "summary.json").read_text())
+    got = json.loads((spectra_runs / "tcp" / "summary.json").read_text())
+    for section, keys in {"sho": ("n_spectra", "median_r2", "converged", "status"),
+                          "loops": ("n_converged", "median_r2", "status_counts"),
+                          "clean": ("resonance",)}.items():
+        for key in keys:
+            assert got[section][key] == ref[section][key], (section, key)
+    assert got["sho"]["chunks"] > 1
+
+
+def test_report_reads_a_zarr_run(spectra_runs, capsys):
+    code, out, err = run_cli(capsys, "info", spectra_runs / "tcp" / "results.zarr")
+    assert code == 0, err
+    assert "loop" in out
+
+
+# -- the command line -------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, match", [("local:0", "local:N needs N"), ("somewhere", "scheduler must be"),
+                                         ("tcp://127.0.0.1:1", "no dask scheduler answers")])
+def test_cli_bad_scheduler(capsys, tmp_path, spec, match):
+    code, _, err = run_cli(capsys, "run", "--rows", "4", "--cols", "4", "--no-progress", "--stages", "clean",
+                           "--scheduler", spec, "--out", tmp_path / "o")
+    one_line_error(code, err, match)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_run_section(capsys, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('[run]\nscheduler = "local:-1"\n')
+    code, _, err = run_cli(capsys, "run", "--config", toml, "--out", tmp_path / "o", "--no-progress")
+    one_line_error(code, err, "[run] scheduler")
+    toml.write_text('[run]\nformat = "hdf4"\n')
+    code, _, err = run_cli(capsys, "run", "--config", toml, "--out", tmp_path / "o", "--no-progress")
+    one_line_error(code, err, "format")
+
+
+def test_cli_fit_loops_zarr(capsys, tmp_path, loops_film, loops_reference):
+    store = save_zarr(loops_film[["piezoresponse_clean"]].rename(piezoresponse_clean="piezoresponse")
+                      .chunk({"row": 5}), tmp_path / "loops.zarr")
+    out = tmp_path / "fit.zarr"
+    code, _, err = run_cli(capsys, "fit-loops", "--data", store, "--out", out)
+    assert code == 0, err
+    got = load(out)
+    np.testing.assert_array_equal(got["loop_params"].values, loops_reference["loop_params"].values)
+    code, _, err = run_cli(capsys, "fit-loops", "--data", store, "--out", out)
+    one_line_error(code, err, "already exists")
+    foreign = tmp_path / "foreign.zarr"
+    foreign.mkdir()
+    (foreign / "zarr.json").write_text("{}")
+    code, _, err = run_cli(capsys, "fit-loops", "--data", store, "--out", foreign, "--force")
+    one_line_error(code, err, "not one")
+    assert (foreign / "zarr.json").read_text() == "{}"
