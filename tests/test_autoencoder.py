@@ -322,9 +322,10 @@ class Stop(Exception):
     pass
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_continues_exactly_where_it_stopped(tmp_path, ema):
     X = toy(n=90)
-    cfg = tiny(epochs=5)
+    cfg = tiny(epochs=5, ema=ema)
     full = Autoencoder(cfg).fit(X, checkpoint_dir=tmp_path / "full")
 
     def interrupt(row):
@@ -348,6 +349,46 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     (tmp_path / "cut" / "last.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(DataError, match="last.safetensors.*corrupt"):
         Autoencoder(cfg.replace(epochs=6)).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
+
+
+def test_weight_average_follows_its_formula():
+    from switchscope.autoencoder.train import _WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = _WeightAverage(net, 0.9)
+    ref = {k: v.detach().clone().double() for k, v in net.state_dict().items()}
+    for t in range(30):
+        net.train()(torch.randn(8, 3))  # moves the batch-norm statistics and its step counter
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        avg.update(net, t)
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in net.state_dict().items():
+            ref[k] = v.double() if not v.is_floating_point() else d * ref[k] + (1 - d) * v.double()
+    got = avg.model.state_dict()
+    for k, v in ref.items():
+        np.testing.assert_allclose(got[k].double().numpy(), v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    assert int(got["1.num_batches_tracked"]) == 30
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+def test_weight_average_is_what_is_validated_and_kept():
+    X = toy(n=120)
+    plain = Autoencoder(tiny(epochs=4, dropout=0.0)).fit(X)
+    ae = Autoencoder(tiny(epochs=4, dropout=0.0, ema=0.9)).fit(X)
+    # the kept network is the average at the best epoch, scored as validated
+    val = ae.val_index_
+    R = ae.reconstruct(X)
+    best = ae.history_[ae.best_epoch_]
+    assert np.mean((R[val] - X[val]) ** 2) == pytest.approx(best["val_mse"], rel=1e-4)
+    # the same steps as without the average (training losses equal), another network kept
+    assert [h["loss"] for h in ae.history_] == [h["loss"] for h in plain.history_]
+    assert not np.allclose(ae.transform(X), plain.transform(X))
+    assert all(h["cpu_seconds"] > 0 for h in ae.history_)
+    with pytest.raises(ConfigError, match="ema"):
+        AutoencoderConfig(ema=1.0)
 
 
 def test_wall_clock_budget_stops_training():

@@ -39,7 +39,8 @@ def _config(**kw) -> AutoencoderConfig:
     return AutoencoderConfig(**base)
 
 
-CONFIGS = {"mean": _config(), "sum": _config(l1_reduction="sum", l1=1e-4, center=False, n_phase=0)}
+# "mean" also keeps a weight average (ema), updated on every rank after each step
+CONFIGS = {"mean": _config(ema=0.9), "sum": _config(l1_reduction="sum", l1=1e-4, center=False, n_phase=0, ema=0.0)}
 
 
 def _loops(n: int = 201, steps: int = 16) -> np.ndarray:

@@ -15,6 +15,7 @@ retrained without dropout.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import io
@@ -45,7 +46,7 @@ DEFAULT_L1 = 1e-4
 
 FORMAT = "switchscope-autoencoder"
 FORMAT_VERSION = 1
-METRIC_FIELDS = ("epoch", "loss", "mse", "val_loss", "val_mse", "lr", "seconds")
+METRIC_FIELDS = ("epoch", "loss", "mse", "val_loss", "val_mse", "lr", "seconds", "cpu_seconds")
 
 
 @register("autoencoder")
@@ -163,6 +164,7 @@ class AutoencoderConfig(StageConfig):
     patience: int = 0
     schedule: Schedule = "onecycle"
     clip: float = 1.0
+    ema: float = 0.0
     val_fraction: float = 0.1
     seed: int | None = None
     device: str = "auto"
@@ -200,6 +202,7 @@ class AutoencoderConfig(StageConfig):
         self.check_number("patience", lo=0, hi=1_000_000, integer=True)
         self.check_choice("schedule", ("constant", "cosine", "onecycle"))
         self.check_number("clip", lo=0, hi=1e6)
+        self.check_number("ema", lo=0, hi=0.99999)
         self.check_number("val_fraction", lo=0, hi=0.9)
         self.check_number("seed", lo=0, hi=2**32 - 1, integer=True, optional=True)
         self.check_number("threads", lo=0, hi=256, integer=True)
@@ -595,7 +598,7 @@ class Autoencoder:
         net: nn.Module = model
         if dist is None:
             (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
-             best_state) = self._start_or_resume(ckdir, resume, cfg, model, opt, meta, device)
+             best_state, ema_state) = self._start_or_resume(ckdir, resume, cfg, model, opt, meta, device)
         else:
             # Rank 0 alone reads and writes the checkpoint folder; the others get its state.
             dist.same_everywhere("loops or config", (arr.shape, float(np.sum(arr, dtype=np.float64)),
@@ -610,19 +613,25 @@ class Autoencoder:
             else:
                 ckdir = None
             (history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad,
-             best_state), weights, opt_state = dist.from_rank0(start)
+             best_state, ema_state), weights, opt_state = dist.from_rank0(start)
             if dist.rank:
                 model.load_state_dict(weights)
                 opt.load_state_dict(opt_state)
                 best_state = {k: v.to(device) for k, v in best_state.items()}
+                if ema_state is not None:
+                    ema_state = {k: v.to(device) for k, v in ema_state.items()}
             sync_batch_norms(model, True)
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+        ema = _WeightAverage(model, cfg.ema, ema_state) if cfg.ema else None
+        scored = ema.model if ema is not None else model  # the network validated, kept and returned
         refine_share = 0.15 if cfg.refine_epochs else 0.0
         train_budget = cfg.max_seconds * (1 - refine_share) if cfg.max_seconds else None
         batches = max(1, math.ceil(len(train_idx) / cfg.batch_size))
         total_steps = cfg.epochs * batches
         t0 = time.perf_counter() - elapsed0
+        # CPU seconds of this process (all its threads), carried over a resumed run's
+        cpu0 = time.process_time() - (float(history[-1].get("cpu_seconds") or 0.0) if history else 0.0)
         last_epoch_time = 0.0
         stop_reason = "epochs"
         desc = f"autoencoder {self.channel or ''}".strip()
@@ -642,7 +651,8 @@ class Autoencoder:
                         break
                 te = time.perf_counter()
                 sum_loss, sum_mse, count, lr, out_of_time = _train_epoch(
-                    net, opt, Xtr, cfg, l1, seed, epoch, batches, total_steps, t0, train_budget, device, dist)
+                    net, opt, Xtr, cfg, l1, seed, epoch, batches, total_steps, t0, train_budget, device, dist,
+                    None if ema is None else (lambda step: ema.update(model, step)))
                 if out_of_time:
                     stop_reason = "max_seconds"
                 if not math.isfinite(sum_loss):
@@ -651,7 +661,7 @@ class Autoencoder:
                 row: dict[str, Any] = {"epoch": epoch, "loss": sum_loss / max(count, 1), "mse": sum_mse / max(count, 1),
                                        "lr": lr}
                 if n_val:
-                    vm, vp = _evaluate(model, Xva, l1, cfg.l1_reduction, cfg.batch_size, dist)
+                    vm, vp = _evaluate(scored, Xva, l1, cfg.l1_reduction, cfg.batch_size, dist)
                     row["val_mse"], row["val_loss"] = vm, vm + vp
                     score = row["val_loss"]
                 else:
@@ -659,20 +669,21 @@ class Autoencoder:
                     score = row["loss"]
                 last_epoch_time = time.perf_counter() - te
                 row["seconds"] = time.perf_counter() - t0
+                row["cpu_seconds"] = time.process_time() - cpu0
                 history.append(row)
                 improved = score < best_val
                 if improved:
                     best_val, best_epoch, bad = score, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
                     if not emb_hist or epoch >= 1.25 * (emb_hist[-1][0] + 1):
-                        emb_hist.append((epoch, _embed(model, Xall)))
+                        emb_hist.append((epoch, _embed(scored, Xall)))
                         if ckdir is not None:
                             _save_history(ckdir, emb_hist)
                 else:
                     bad += 1
                 if ckdir is not None:
                     self._checkpoint(ckdir, model, opt, best_state if improved else None, history, epoch,
-                                     row["seconds"], best_val, best_epoch, bad)
+                                     row["seconds"], best_val, best_epoch, bad, ema)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", val_loss=f"{row['val_loss']:.4g}" if n_val else "-")
                 for cb in callbacks:
@@ -725,14 +736,15 @@ class Autoencoder:
         ``resume``; the network, optimizer, history, best state and counters all restored).
 
         Returns ``(history, embedding_history, start_epoch, seconds_spent, best_val, best_epoch,
-        bad_epochs, best_state)``.
+        bad_epochs, best_state, ema_state)`` (``ema_state``: the saved weight average, or None).
         """
         history: list[dict[str, Any]] = []
         emb_hist: list[tuple[int, np.ndarray]] = []
         start_epoch, elapsed0, best_val, best_epoch, bad = 0, 0.0, math.inf, -1, 0
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ema_state = None
         if ckdir is None:
-            return history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad, best_state
+            return history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad, best_state, ema_state
         n, n_steps = meta["n_pixels"], meta["n_steps"]
         ckdir.mkdir(parents=True, exist_ok=True)
         last = ckdir / "last.safetensors"
@@ -755,6 +767,8 @@ class Autoencoder:
             state = _read_json(ckdir / "state.json")
             tensors = _load_tensors(last)
             _load_state_dict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, last)
+            if cfg.ema:
+                ema_state = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")} or None
             _optimizer_from_tensors(opt, tensors, state.get("param_groups", []), last)
             best_state = {k: v.to(device) for k, v in _load_tensors(ckdir / "best.safetensors").items()}
             try:
@@ -770,15 +784,18 @@ class Autoencoder:
                 t = _load_tensors(eh)
                 emb_hist = [(int(e), z.numpy()) for e, z in zip(t["epochs"].tolist(), t["embeddings"])]
         _write_json(ckdir / "config.json", meta)
-        return history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad, best_state
+        return history, emb_hist, start_epoch, elapsed0, best_val, best_epoch, bad, best_state, ema_state
 
     def _checkpoint(self, ckdir: Path, model: nn.Module, opt: torch.optim.Optimizer,
                     best_state: dict[str, torch.Tensor] | None, history: list[dict[str, Any]], epoch: int,
-                    seconds: float, best_val: float, best_epoch: int, bad: int) -> None:
+                    seconds: float, best_val: float, best_epoch: int, bad: int,
+                    ema: _WeightAverage | None = None) -> None:
         if best_state is not None:
             _save_tensors(ckdir / "best.safetensors", best_state)
         otensors, groups = _optimizer_to_tensors(opt)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.model.state_dict().items()})
         tensors.update(otensors)
         _save_tensors(ckdir / "last.safetensors", tensors)
         _write_metrics(ckdir / "metrics.csv", history)
@@ -1024,10 +1041,39 @@ def _embed(model: SparseLSTMAutoencoder, x: torch.Tensor) -> np.ndarray:
     return np.concatenate(out)
 
 
+class _WeightAverage:
+    """Exponential moving average of a network's weights and batch-norm statistics.
+
+    After optimizer step ``t`` every average moves towards the live value by ``1 - d`` with
+    ``d = min(decay, (1 + t) / (10 + t))`` (the warm-up of TensorFlow's
+    ``ExponentialMovingAverage``: early averages do not drag the random initialisation along).
+    Integer buffers (batch-norm step counters) are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if state is not None:
+            _load_state_dict(self.model, state, Path("last.safetensors (weight average)"))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        w = 1.0 - min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), w)
+        for mine, live in zip(self.model.buffers(), model.buffers()):
+            if mine.is_floating_point() and mine.shape == live.shape:
+                mine.lerp_(live, w)
+            else:
+                mine.copy_(live)
+
+
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor, cfg: AutoencoderConfig,
                  l1: float, seed: int, epoch: int, batches: int, total_steps: int, t0: float,
                  train_budget: float | None, device: torch.device,
-                 dist: Any = None) -> tuple[float, float, int, float, bool]:
+                 dist: Any = None, after_step: Callable[[int], None] | None = None
+                 ) -> tuple[float, float, int, float, bool]:
     """One epoch of minibatch Adam on the training loops, in an order and with dropout drawn from
     ``(seed, epoch)`` alone (so a resumed run repeats an uninterrupted one). The learning rate and
     the L1 warm-up follow the run's progress: steps done out of all steps, or seconds spent out of
@@ -1039,6 +1085,9 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor
     shard rule of ``DistributedSampler``, applied per batch so that nothing is padded or dropped);
     each rank's loss is weighted so that the gradients DDP averages are those of the global
     batch, and the returned sums are over all ranks (the one-process numbers).
+
+    ``after_step(step)`` runs after every optimizer step (``step``: the run's step number), e.g.
+    to update the weight average.
     """
     model.train()
     order = torch.as_tensor(np.random.default_rng([seed, epoch]).permutation(len(Xtr)), device=device)
@@ -1073,6 +1122,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor
             if dist is not None:
                 part_loss, part_mse, n_r = _train_step_ddp(model, opt, Xtr, idx, cfg, l1_now, dist)
                 sum_loss, sum_mse, count = sum_loss + part_loss, sum_mse + part_mse, count + n_r
+                if after_step is not None:
+                    after_step(epoch * batches + b)
                 continue
             xb = Xtr[idx]
             rec, z = model(xb)
@@ -1083,6 +1134,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, Xtr: torch.Tensor
             if cfg.clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
+            if after_step is not None:
+                after_step(epoch * batches + b)
             sum_loss += float(loss.detach()) * len(idx)
             sum_mse += float(mse.detach()) * len(idx)
             count += len(idx)
