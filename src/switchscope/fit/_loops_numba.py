@@ -135,13 +135,21 @@ def _weigh(J, w):
 
 
 @njit(**_JIT_SUM)
+def _sumsq(J, r, m):
+    s = 0.0
+    for k in range(m):
+        s += J[r, k] * J[r, k]
+    return s
+
+
+@njit(**_JIT_SUM)
 def _gram(J, m, c, kb, off, G, A, g):
     """Add one branch's ``J J^T`` to ``A`` and ``g`` (block order; the branch's own rows go
-    to ``off:off+kb``); returns the branch's ``r^T r``. ``G`` is scratch (c+kb+1, c+kb+1)."""
+    to ``off:off+kb``). ``G`` is scratch (c+kb+1, c+kb+1)."""
     R = c + kb
     # the lower triangle of the Gram matrix as dot products over the steps (vectorized)
     for a in range(R + 1):
-        for b in range(a + 1):
+        for b in range(min(a + 1, R)):
             s = 0.0
             for k in range(m):
                 s += J[a, k] * J[b, k]
@@ -154,18 +162,14 @@ def _gram(J, m, c, kb, off, G, A, g):
             A[ia, ib] += G[a, b]
             if ia != ib:
                 A[ib, ia] += G[a, b]
-    return G[R, R]
 
 
 @njit(**_JIT)
-def _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, A, g):
+def _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, A, g, bound=math.inf):
     """Cost, ``J^T J`` into ``A`` and ``J^T r`` into ``g`` at ``q`` (block order), as
-    :attr:`~switchscope.loops.LoopModel.normal` of the model ``code``."""
+    :attr:`~switchscope.loops.LoopModel.normal` of the model ``code``. Where the cost is not
+    below ``bound`` (a trial step the LM rejects) ``A`` and ``g`` are left as they were."""
     P = q.shape[0]
-    for i in range(P):
-        g[i] = 0.0
-        for j in range(P):
-            A[i, j] = 0.0
     if code == 0:
         _rows_paper13(q, vd, yd, wd, weighted, True, J1)
         _rows_paper13(q, va, ya, wa, weighted, False, J2)
@@ -175,8 +179,16 @@ def _normal(code, q, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, A, g):
         _rows_bglib9(q, va, ya, wa, weighted, False, J2)
         k1 = 3
     k2 = P - 3 - k1
-    cost = _gram(J1, vd.shape[0], 3, k1, 3, G, A, g)
-    cost += _gram(J2, va.shape[0], 3, k2, 3 + k1, G, A, g)
+    R1, R2 = 3 + k1, 3 + k2
+    cost = _sumsq(J1, R1, vd.shape[0]) + _sumsq(J2, R2, va.shape[0])
+    if not cost < bound:
+        return cost
+    for i in range(P):
+        g[i] = 0.0
+        for j in range(P):
+            A[i, j] = 0.0
+    _gram(J1, vd.shape[0], 3, k1, 3, G, A, g)
+    _gram(J2, va.shape[0], 3, k2, 3 + k1, G, A, g)
     return cost
 
 
@@ -229,7 +241,9 @@ def _lm(code, q, A, g, cost, lam, nu, n_it, vd, va, yd, ya, wd, wa, weighted, lo
             for i in range(P):
                 qn[i] = min(max(q[i] + step[i], lo[i]), hi[i])
                 step[i] = qn[i] - q[i]
-            cost_new = _normal(code, qn, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, An, gn)
+            # a step that does not lower the cost needs no normal equations
+            cost_new = _normal(code, qn, vd, va, yd, ya, wd, wa, weighted, J1, J2, G, An, gn,
+                               cost)
             ok = math.isfinite(cost_new) and cost_new < cost
             if ok:
                 sg = sAs = 0.0
