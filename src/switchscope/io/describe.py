@@ -17,13 +17,27 @@ def _stats(values: np.ndarray) -> str:
     return f"NaN {n_nan}  Inf {n_inf}  {rng}"
 
 
+def _lazy_stats(da: xr.DataArray) -> str:
+    """:func:`_stats` of a dask-backed variable (a Zarr store): one pass over its chunks."""
+    import dask
+    import dask.array as dsk
+
+    x = da.data.astype(float)
+    fin = dsk.where(dsk.isfinite(x), x, np.nan)
+    n_nan, n_inf, lo, hi = dask.compute(dsk.isnan(x).sum(), dsk.isinf(x).sum(), dsk.nanmin(fin), dsk.nanmax(fin))
+    rng = f"min {lo:.6g}  max {hi:.6g}" if np.isfinite(lo) else "min n/a  max n/a"
+    return f"NaN {int(n_nan)}  Inf {int(n_inf)}  {rng}"
+
+
 def _line(name: str, da: xr.DataArray) -> str:
     units = printable(da.attrs.get("units", ""), 40)
     dims = ", ".join(f"{printable(d, 40)}={n}" for d, n in zip(da.dims, da.shape))
     text = f"  {printable(name, 80)} {tuple(da.shape)} ({dims})"
     if units:
         text += f" [{units}]"
-    if da.dtype.kind in "iuf":
+    if da.dtype.kind in "iuf" and da.chunks is not None:
+        text += "  " + _lazy_stats(da)
+    elif da.dtype.kind in "iuf":
         text += "  " + _stats(np.asarray(da.values, dtype=float))
     elif da.dtype.kind == "b":
         text += f"  true {int(np.asarray(da.values).sum())} of {da.size}"

@@ -30,6 +30,8 @@ from .netcdf import _map_attrs, decode_attrs, encode_attrs
 
 #: Files that mark the root of a Zarr store (format 3, then format 2).
 _ROOT_FILES = ("zarr.json", ".zgroup", ".zattrs")
+#: Root attribute with the order of the variables (a store lists its arrays alphabetically).
+ORDER_ATTR = "switchscope_variables"
 
 
 def is_zarr_store(path: PathLike) -> bool:
@@ -87,7 +89,7 @@ class ZarrReader(Reader):
         except Exception as exc:  # noqa: BLE001 - zarr raises many types for damaged stores
             raise FormatError(f"'{fname}' is a Zarr store that cannot be read ({oneline(exc)}); "
                               "it is corrupt or incomplete: write it again") from None
-        ds = _map_attrs(ds, lambda a, _owner: decode_attrs(a))
+        ds = _in_order(_map_attrs(ds, lambda a, _owner: decode_attrs(a)))
         missing = [d for d in ("row", "col", "step") if d not in ds.dims]
         if missing:
             raise DataError(f"'{fname}' has dims {tuple(ds.dims)} but switchscope needs row, col, step; "
@@ -120,9 +122,19 @@ class ZarrReader(Reader):
 def open_store(store: PathLike) -> xr.Dataset:
     """A store this run is writing, lazily, attributes decoded (no checks: it is ours)."""
     ds = xr.open_zarr(store, chunks={}, consolidated=False)
-    ds = _map_attrs(ds, lambda a, _owner: decode_attrs(a))
+    ds = _in_order(_map_attrs(ds, lambda a, _owner: decode_attrs(a)))
     ds.attrs.pop(WRITER_ATTR, None)
     return ds
+
+
+def _in_order(ds: xr.Dataset) -> xr.Dataset:
+    """The variables in the order they were written (:data:`ORDER_ATTR`), then any others."""
+    try:
+        order = [v for v in json.loads(str(ds.attrs.pop(ORDER_ATTR, "[]"))) if v in ds.data_vars]
+    except ValueError:
+        order = []
+    rest = [v for v in ds.data_vars if v not in order]
+    return ds[order + rest] if order else ds
 
 
 def update_attrs(store: PathLike, ds: xr.Dataset) -> None:
@@ -177,6 +189,7 @@ def _encoded(ds: xr.Dataset) -> xr.Dataset:
 
     out = _map_attrs(ds, encode_attrs)
     out.attrs[WRITER_ATTR] = f"switchscope {__version__}"
+    out.attrs[ORDER_ATTR] = json.dumps([str(v) for v in ds.data_vars])
     for name in out.variables:
         # chunking of the source store, if any, is not the chunking of this one
         out.variables[name].encoding = {}
