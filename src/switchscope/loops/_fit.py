@@ -403,14 +403,16 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         3600 real loops, ftol=1e-5 instead of 1e-6 cuts the mean iterations by ~25 % and the
         pixels stopped at max_iter from ~100 to ~20, for an R2 change below 3e-4 on any pixel.
     chunk_size : int
-        Pixels fitted together; bounds the memory (about ``chunk_size * n_starts * n_steps *
-        n_params * 8`` bytes for the Jacobian in float64).
+        Pixels fitted together; bounds the memory (torch path: about ``chunk_size * n_starts *
+        n_steps * n_params * 8`` bytes for the Jacobian in float64; the numba kernel keeps only
+        a few kB per thread).
     nucleation_fraction : float
         Change of the response, as a fraction of the loop height, that marks nucleation.
     dtype : torch.dtype
-        Float type of the fit (float64 by default). With float64, the race of the starts runs
-        in float32 (it only picks each pixel's start) and its winners are iterated in float64
-        (unless ``max_iter`` leaves no iterations after the race: then all in float64).
+        Float type of the torch path's fit (float64 by default). With float64, the race of the
+        starts runs in float32 (it only picks each pixel's start) and its winners are iterated
+        in float64 (unless ``max_iter`` leaves no iterations after the race: then all in
+        float64). The numba kernel always computes in float64.
     device : str or torch.device, optional
         Where to fit; default the device of a torch input, else CPU.
     seed : int
