@@ -865,14 +865,17 @@ class Autoencoder:
                                     device=Xall.device)
             for g in opt.param_groups:
                 g["lr"] = lr_at((epoch - 1) / max(epochs, 1), base_lr, "cosine")
-            for b in range(0, len(order), cfg.batch_size):
-                idx = order[b:b + cfg.batch_size]
-                loss = torch.mean((model.decode(ztr[idx], xtr.shape[1]) - xtr[idx]) ** 2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip:
-                    nn.utils.clip_grad_norm_(dec.parameters(), cfg.clip)
-                opt.step()
+            # The decoder trains in inference mode (no dropout, batch norm on its moving statistics).
+            # cuDNN's recurrent kernels have no backward pass in that mode; the native ones do.
+            with torch.backends.cudnn.flags(enabled=False):
+                for b in range(0, len(order), cfg.batch_size):
+                    idx = order[b:b + cfg.batch_size]
+                    loss = torch.mean((model.decode(ztr[idx], xtr.shape[1]) - xtr[idx]) ** 2)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.clip:
+                        nn.utils.clip_grad_norm_(dec.parameters(), cfg.clip)
+                    opt.step()
             mtr, mva = score()
             hist.append({"epoch": epoch, "mse": mtr, "val_mse": mva})
             s = mva if len(val_idx) else mtr
