@@ -9,8 +9,8 @@ Records, each on the GPU and with its agreement against the CPU path run in the 
 
 * SHO: spectra/s of ``fit_sho(..., device=DEVICE, backend="torch")`` on the synthetic spectra of
   ``bench_sho.py`` (float32 and float64), R² against the CPU numba kernel on a subset;
-* loops: warm seconds for the 3600 real loops (paper13, bglib9) and loops/s on 262,144 synthetic
-  paper13 loops, R² against the CPU fit of the same loops;
+* loops: warm seconds for the 3600 real loops (paper13, bglib9), R² against the CPU fit of the
+  same loops, and loops/s on 262,144 synthetic paper13 loops for several ``chunk_size`` values;
 * networks: the published twin's inference on 3600 loops (and its embedding against the CPU's),
   and training from scratch (preset ``fast``) for ``--train-seconds`` per channel: seconds per
   epoch and the first time the held-out MSE reaches the published network's.
@@ -82,7 +82,7 @@ def sho_section(sizes: list[int]) -> dict[str, Any]:
     return out
 
 
-def loops_section(data: Path, n_synthetic: int) -> dict[str, Any]:
+def loops_section(data: Path, n_synthetic: int, chunks: list[int]) -> dict[str, Any]:
     import bench_loops as bl
 
     from switchscope.loops import fit_loops
@@ -100,12 +100,13 @@ def loops_section(data: Path, n_synthetic: int) -> dict[str, Any]:
                       "worst_r2_deficit_gpu_vs_cpu": float(-d.min()),
                       "fraction_within_1e-6": float(np.mean(np.abs(d) <= 1e-6))}
     Y = bl.synthetic_loops("paper13", n_synthetic, v)
-    if DEVICE != "cpu":
-        torch.cuda.reset_peak_memory_stats()
-    t, res = timed(lambda: fit_loops(Y, v, model="paper13", device=DEVICE), repeats=1)
-    out[f"paper13_synthetic_{n_synthetic}"] = {
-        "gpu_seconds": round(t, 3), "loops_per_s": round(n_synthetic / t), "median_r2": float(np.median(res.r2)),
-        "gpu_peak_memory_gb": gpu_peak_gb()}
+    for chunk in chunks:
+        if DEVICE != "cpu":
+            torch.cuda.reset_peak_memory_stats()
+        t, res = timed(lambda: fit_loops(Y, v, model="paper13", device=DEVICE, chunk_size=chunk), repeats=1)
+        out[f"paper13_synthetic_{n_synthetic}_chunk_{chunk}"] = {
+            "gpu_seconds": round(t, 3), "loops_per_s": round(n_synthetic / t), "median_r2": float(np.median(res.r2)),
+            "gpu_peak_memory_gb": gpu_peak_gb()}
     return out
 
 
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=(ROOT / ".." / "shared" / "data").resolve())
     ap.add_argument("--sho-sizes", type=int, nargs="+", default=[262144, 3145728])
     ap.add_argument("--synthetic-loops", type=int, default=262144)
+    ap.add_argument("--loop-chunks", type=int, nargs="+", default=[4096, 65536, 262144],
+                    help="chunk_size values of the synthetic loop fit")
     ap.add_argument("--train-seconds", type=float, default=60.0)
     ap.add_argument("--sections", default="sho,loops,networks")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform(), "cpus": os.cpu_count(),
                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     jobs = {"sho": lambda: sho_section(args.sho_sizes),
-            "loops": lambda: loops_section(args.data, args.synthetic_loops),
+            "loops": lambda: loops_section(args.data, args.synthetic_loops, args.loop_chunks),
             "networks": lambda: networks_section(args.data, args.train_seconds)}
     for name in args.sections.split(","):
         t = time.perf_counter()
