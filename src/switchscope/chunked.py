@@ -64,8 +64,13 @@ def chunk_pixels(ds: xr.Dataset, pixels: int) -> xr.Dataset:
     return ds.chunk(spec)
 
 
-#: Largest chunk of any one variable, in bytes (raw spectra set the pixels per chunk).
-MAX_CHUNK_BYTES = 64 * 2**20
+#: Largest chunk of any one variable, in bytes (raw spectra set the pixels per chunk). Measured
+#: on a 4 GB store of spectra (benchmarks/bench_dask.py): 64 MB chunks took the summed RSS of the
+#: client and 2 workers to 2.18 GB, 32 MB ones keep it lower.
+MAX_CHUNK_BYTES = 32 * 2**20
+#: Spectra the SHO fit of one chunk takes at a time (its scratch memory scales with it; the fit
+#: of each spectrum is independent of the others, so the results do not change).
+SHO_BATCH = 16384
 
 
 def pixels_per_chunk(ds: xr.Dataset, pixels: int) -> int:
@@ -161,7 +166,8 @@ def sho_stage(ds: xr.Dataset, config: Any, ctx: RunContext) -> xr.Dataset:
     check_spectra(ds)
     t0 = time.perf_counter()
     names = ("amplitude", "resonance", "quality_factor", "phase", "sho_r2", "sho_status")
-    out = persist(map_pixels(ds[["spectrum"]], _stage_on_chunk, names, stage=one_chunk, config=config,
+    batch = config.replace(chunk=min(int(config.chunk), SHO_BATCH))
+    out = persist(map_pixels(ds[["spectrum"]], _stage_on_chunk, names, stage=one_chunk, config=batch,
                              ctx=_scratch_context(ctx)), ctx)
     status = out["sho_status"].data
     r2 = out["sho_r2"].data
