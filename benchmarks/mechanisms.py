@@ -23,7 +23,7 @@ the physical detectors (``switchscope.mechanisms.detect``: ``mechanism_three_sta
 meant for the mechanism).
 
     .venv/bin/python benchmarks/mechanisms.py [--seeds 21 22 23] [--grid 60 60] [--quick]
-        [--out benchmarks/results/mechanisms.json]
+        [--methods NAME ...] [--out benchmarks/results/mechanisms.json]
 
 ``--quick``: one 24 x 24 film (seed 31), networks trained for 3 epochs (not the default budget;
 the JSON says so, and goes to the temp folder): a fast check of the script (about 15 s).
@@ -233,7 +233,7 @@ def _methods(ds, epochs: int | None, tmp: Path) -> list[tuple[str, Callable[[], 
 
 
 def run_film(rows: int, cols: int, seed: int, epochs: int | None, write: Callable[[dict], None],
-             features_dir: Path | None = None) -> dict:
+             features_dir: Path | None = None, methods: list[str] | None = None) -> dict:
     from switchscope.preprocess import CleanConfig, clean
     from switchscope.synthetic import make_dataset
 
@@ -250,6 +250,8 @@ def run_film(rows: int, cols: int, seed: int, epochs: int | None, write: Callabl
                             "clean": {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}, "methods": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn in _methods(cleaned, epochs, Path(tmp)):
+            if methods is not None and name not in methods:
+                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 (F, names, info), cpu, wall = _timed(fn)
@@ -361,6 +363,8 @@ def main() -> None:
                     help="add to --out, per film, the detectors and PCA on the noise-free curves; no training")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="add the films of these results files (e.g. one seed run in a second process) to --out")
+    ap.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                    help="only these methods (e.g. detectors pca_resonance autoencoder_piezoresponse); default all")
     ap.add_argument("--markdown", action="store_true", help="print the docs' table of --out and exit")
     ap.add_argument("--rescore", action="store_true",
                     help="recompute the scores of --out from the features saved in --features; no training")
@@ -411,6 +415,7 @@ def main() -> None:
     import torch
 
     import switchscope
+    import switchscope.mechanisms as mechanisms
     import switchscope.synthetic as synthetic
 
     from switchscope.autoencoder import AutoencoderConfig
@@ -418,7 +423,8 @@ def main() -> None:
     cfg = AutoencoderConfig()
     result: dict[str, Any] = {
         "command": "python benchmarks/mechanisms.py" + (" --quick" if args.quick else
-                                                        f" --seeds {' '.join(map(str, seeds))} --grid {rows} {cols}"),
+                                                        f" --seeds {' '.join(map(str, seeds))} --grid {rows} {cols}")
+                   + (f" --methods {' '.join(args.methods)}" if args.methods else ""),
         "films": [], "quick": bool(args.quick),
         "autoencoder_budget": {"epochs": epochs or cfg.epochs, "refine_epochs": cfg.refine_epochs if epochs is None
                                else min(cfg.refine_epochs, 1), "max_seconds": cfg.max_seconds,
@@ -429,6 +435,7 @@ def main() -> None:
                              "folds over pixels, R2 of pooled out-of-fold predictions",
                     "cpu_s": "process CPU seconds (all threads) of the method, after the clean stage"},
         "synthetic_py_sha256": hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12],
+        "mechanisms_py_sha256": hashlib.sha256(Path(mechanisms.__file__).read_bytes()).hexdigest()[:12],
         "versions": {"switchscope": switchscope.__version__, "torch": torch.__version__,
                      "scikit-learn": sklearn.__version__},
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -447,7 +454,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     for seed in seeds:
-        film = run_film(rows, cols, seed, epochs, write, features_dir)
+        film = run_film(rows, cols, seed, epochs, write, features_dir, args.methods)
         result["films"].append(film)
         write()
     result["total_wall_s"] = round(time.perf_counter() - t0, 1)
