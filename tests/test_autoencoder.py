@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,6 +196,8 @@ def test_presets_carry_the_paper_values():
     assert back == m and hash(back) == hash(m)
     fast = AutoencoderConfig.preset("fast")
     assert fast.l1_scale_for("resonance") < 1 < fast.l1_scale_for("piezoresponse")
+    # a fixed epoch count, never the clock, ends the preset's training; the average is kept
+    assert fast.max_seconds is None and fast.epochs > 0 and 0 < fast.ema < 1
     for bad in ({"piezo": 1.0}, {"resonance": -1.0}, {"resonance": float("nan")}, "strong"):
         with pytest.raises(ConfigError, match="l1_scale"):
             AutoencoderConfig(l1_scale=bad)
@@ -471,7 +472,7 @@ def test_stage_adds_variables_models_summary_and_figures(tmp_path):
         assert 0 <= s["active_neurons"] <= 16 and s["source"] == "trained"
         # MSE on normalized loops, recomputed from the stored arrays
         x = ds[ch].values
-        mean, std = x.mean(), x.std()
+        std = x.std()
         ref = np.mean(((out[f"reconstruction_{ch}"].values - x) / std) ** 2)
         assert s["mse_all"] == pytest.approx(ref, rel=1e-5)
         assert {"config.json", "metrics.csv", "best.safetensors", "last.safetensors"} <= \
