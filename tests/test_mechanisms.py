@@ -152,6 +152,8 @@ def test_config_is_validated():
 
     with pytest.raises(ConfigError, match="plateau_level"):
         MechanismsConfig(plateau_level=0.9)
+    with pytest.raises(ConfigError, match="rise_from"):
+        MechanismsConfig(rise_from=9.0, hardening_window=8.0)
 
 
 def test_stage_in_a_pipeline_run(tmp_path):
