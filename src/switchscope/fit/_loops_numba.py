@@ -7,13 +7,17 @@ R² and standard errors), written per pixel: each branch's Jacobian block (the s
 branch's own rows and the residual, ``(rows, steps)``) lives in a small per-thread scratch
 array, and the normal equations are built from it block by block (paper13: each branch
 touches 8 of the 13 parameters; bglib9: 6 of 9). ``prange`` spreads pixels over numba's
-threads.
+threads. It is ``fit_loops``'s default on the CPU (3-5x the torch path there, docs/benchmarks.md).
+
+The loops over the steps are branch-free and call no libm function (``erf`` and ``exp`` come
+from :mod:`switchscope.fit._special`), so LLVM vectorizes them; ``exp(-x^2)`` is exactly 0 past
+``x^2 = 100``, which keeps the Gram sums out of the (slow) subnormal range.
 
 Everything is computed in float64, the race included: the flow is the torch path's when its
 race runs in the fit's dtype (by default torch races in float32 and re-evaluates the winners in
-float64; most pixels end at the same optimum, a few at a neighbouring one, see the tests). See :mod:`switchscope.loops._models` for the
-formulas and their sources; the comments here only mark where this code must mirror the torch
-path.
+float64; most pixels end at the same optimum, a few at a neighbouring one, see the tests).
+See :mod:`switchscope.loops._models` for the formulas and their sources; the comments here only
+mark where this code must mirror the torch path.
 """
 
 from __future__ import annotations
