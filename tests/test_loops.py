@@ -627,6 +627,26 @@ def test_compiled_curves_and_metrics_match_the_torch_evaluation(name):
     assert np.isnan(a["height"][-1]) and np.isnan(a["coercive_pos"][-1])
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_numba_backend_matches_torch_on_synthetic_loops(monkeypatch, name):
+    # no real data needed: numba and torch (racing in float64) from the same starts, the same
+    # R² to 1e-6 and the same statuses, with a few missing points on some loops
+    import switchscope.loops._fit as fit_mod
+
+    model = MODELS[name]
+    _, y = true_loops(model, 30, np.random.default_rng(21), noise=0.03)
+    y[::7, 10:14] = np.nan
+    a = fit_loops(y, V_PAPER, model=name, backend="numba")
+    monkeypatch.setattr(fit_mod, "_race_dtype", lambda dtype: dtype)
+    b = fit_loops(y, V_PAPER, model=name, backend="torch")
+    np.testing.assert_allclose(a.starts, b.starts, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(a.r2, b.r2, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.status, b.status)
+    for key in a.metrics:
+        np.testing.assert_allclose(a.metrics[key], b.metrics[key], rtol=1e-4, atol=1e-6,
+                                   err_msg=key)
+
+
 def test_numba_backend_weights_failures_and_options():
     import switchscope.loops._fit as fit_mod
 
