@@ -259,3 +259,18 @@ def test_cli_fit_loops_zarr(capsys, tmp_path, loops_film, loops_reference):
     code, _, err = run_cli(capsys, "fit-loops", "--data", store, "--out", foreign, "--force")
     one_line_error(code, err, "not one")
     assert (foreign / "zarr.json").read_text() == "{}"
+
+
+def test_cli_run_on_a_zarr_store(capsys, tmp_path, loops_film):
+    """A chunked run through the command line: no stray warnings from dask or zarr, Zarr out."""
+    store = save_zarr(make_dataset(rows=6, cols=5, seed=1).chunk({"row": 2}), tmp_path / "scan.zarr")
+    code, out, err = run_cli(capsys, "run", "--data", store, "--stages", "clean", "--format", "zarr",
+                             "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    assert "results.zarr" in out
+    assert "consolidated" not in err and "Zarr V3" not in err, err
+    got = load(tmp_path / "o" / "results.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = clean(make_dataset(rows=6, cols=5, seed=1))
+    assert_same(ref, got, ["piezoresponse_clean", "resonance_clean"])

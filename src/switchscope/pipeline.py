@@ -138,7 +138,7 @@ def _write_chunked(ds: xr.Dataset, ctx: RunContext, fmt: str) -> None:
     from .io.zarr import open_store, update_attrs, write_zarr
 
     store = _store_path(ctx, fmt)
-    have = set(xr.open_zarr(store, chunks=None).data_vars) if store.exists() else set()
+    have = set(xr.open_zarr(store, chunks=None, consolidated=False).data_vars) if store.exists() else set()
     todo = [v for v in ds.data_vars if v not in have]
     if todo:
         write_zarr(ds[todo], store, append=store.exists(), progress=ctx.progress)
