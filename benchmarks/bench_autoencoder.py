@@ -3,23 +3,30 @@
 For each channel (real data, the paper's 90/10 pixel split: the last 10 % of
 ``numpy.random.default_rng(0).permutation(3600)`` held out), in one process:
 
-* ``ours``: :class:`switchscope.autoencoder.Autoencoder` with the ``fast`` preset,
-  trained for ``--minutes`` of wall-clock time (training plus decoder refinement);
+* ``ours``: :class:`switchscope.autoencoder.Autoencoder` with the ``fast`` preset (a fixed
+  number of epochs; ``--minutes`` bounds it by the wall clock instead, training plus decoder
+  refinement);
 * ``paper_training`` (baseline): the paper's architecture and training values (Adam lr 3e-5,
   batch 1800, batch-summed L1) trained for ``--baseline-minutes`` on the same machine;
 * ``published``: the paper's published network (:func:`switchscope.autoencoder.keras.load_pretrained`),
   its own reconstruction and the one through its refined decoder, on the same held-out pixels
   (marked missing when the Keras twin is not available).
 
-Recorded for each: held-out reconstruction MSE (normalized units) and its curve against wall time,
-the number of active embedding neurons (> 1e-6 on at least 0.1 % of the pixels), epochs, seconds.
+Recorded for each: held-out reconstruction MSE (normalized units) and its curve against wall and
+CPU time (``time.process_time``: all threads of the process, which a busy shared machine inflates
+less than the wall clock), the first epoch whose held-out MSE is at or below the published
+network's (``to_published``: epoch, wall and CPU seconds), how far the curve climbs back above its
+best so far after the first quarter of the epochs (``max_rebound``), where early stopping with a
+patience of 10 epochs would have stopped, the number of active embedding neurons (> 1e-6 on at
+least 0.1 % of the pixels), epochs, seconds. The machine's load average is recorded before and
+after.
 Results go to ``benchmarks/results/autoencoder.json`` (one entry per channel, merged with what is
 there); a summary is printed.
 
 Usage::
 
-    python benchmarks/bench_autoencoder.py --channel resonance --minutes 10
-    python benchmarks/bench_autoencoder.py --channel piezoresponse --minutes 10 --baseline-minutes 10
+    python benchmarks/bench_autoencoder.py --channel both --baseline-minutes 0 --no-published
+    python benchmarks/bench_autoencoder.py --channel resonance --minutes 10 --baseline-minutes 10
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -41,6 +49,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
 RESULTS = ROOT / "benchmarks" / "results" / "autoencoder.json"
+#: Held-out MSE of the published networks' own decoders on the paper split (measured by this script
+#: through the Keras twin; used when ``--no-published`` finds no earlier figures).
+PUBLISHED_VAL_MSE = {"resonance": 0.010925551087517424, "piezoresponse": 0.0025252684256982724}
+PATIENCE = 10
 
 
 def load_loops(channel: str) -> np.ndarray:
@@ -64,20 +76,48 @@ def split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
 
 
-def train_one(name: str, X: np.ndarray, channel: str, cfg: Any, val: np.ndarray) -> dict[str, Any]:
+def curve_figures(curve: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+    """Time to ``target``, the largest rebound above the best so far, and where early stopping
+    (patience :data:`PATIENCE`) would stop, from a curve of ``val_mse`` per epoch."""
+    vals = [c["val_mse"] for c in curve if c["val_mse"] != ""]
+    if not vals:
+        return {}
+    hit = next((c for c in curve if target is not None and c["val_mse"] != "" and c["val_mse"] <= target), None)
+    best, rebound, skip = math.inf, 0.0, len(vals) // 4  # the first quarter (warm-up) is not judged
+    stop, bad = None, 0
+    for i, v in enumerate(vals):
+        if i >= skip and best < math.inf:
+            rebound = max(rebound, v / best - 1)
+        if v < best:
+            best, bad = v, 0
+        else:
+            bad += 1
+            if stop is None and bad >= PATIENCE:
+                stop = i
+    at = stop if stop is not None else len(vals) - 1
+    return {"target_val_mse": target,
+            "to_published": None if hit is None else {k: hit[k] for k in ("epoch", "seconds", "cpu_seconds")},
+            "max_rebound": rebound,
+            "early_stop": {"patience": PATIENCE, "stopped": stop is not None, "epoch": at,
+                           "best_val_mse_then": min(vals[:at + 1]), "best_val_mse_full_run": min(vals)}}
+
+
+def train_one(name: str, X: np.ndarray, channel: str, cfg: Any, val: np.ndarray,
+              target: float | None = None) -> dict[str, Any]:
     from switchscope.autoencoder import Autoencoder, active_neurons, n_parameters
 
-    t0 = time.perf_counter()
+    load = os.getloadavg()
+    t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ae = Autoencoder(cfg, channel=channel).fit(X, progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if not np.array_equal(ae.val_index_, val):
         raise SystemExit("internal error: the estimator's validation pixels differ from the paper split")
     R = ae.reconstruct(X)
     Z = ae.transform(X)
-    curve = [{"seconds": round(h["seconds"], 2), "epoch": h["epoch"], "val_mse": h["val_mse"], "mse": h["mse"]}
-             for h in ae.history_]
+    curve = [{"seconds": round(h["seconds"], 2), "cpu_seconds": round(float(h.get("cpu_seconds") or 0.0), 2),
+              "epoch": h["epoch"], "val_mse": h["val_mse"], "mse": h["mse"]} for h in ae.history_]
     refine = ae.refine_history_
     return {
         "name": name,
@@ -92,7 +132,11 @@ def train_one(name: str, X: np.ndarray, channel: str, cfg: Any, val: np.ndarray)
         "best_epoch": ae.best_epoch_,
         "stop_reason": ae.stop_reason_,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "seconds_per_epoch": ae.history_[-1]["seconds"] / max(ae.n_epochs_, 1),
+        "cpu_seconds_per_epoch": curve[-1]["cpu_seconds"] / max(ae.n_epochs_, 1),
+        "load_average": {"before": load, "after": os.getloadavg()},
+        **curve_figures(curve, target),
         "curve": curve,
     }
 
@@ -120,9 +164,11 @@ def published(X: np.ndarray, channel: str, val: np.ndarray) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--channel", choices=("resonance", "piezoresponse", "both"), default="resonance")
-    ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of our training")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="wall-clock budget of our training (default: none, the preset's fixed epoch count)")
+    ap.add_argument("--preset", default="fast", help="preset of our config (default: fast)")
     ap.add_argument("--baseline-minutes", type=float, default=None,
-                    help="budget of the paper-training baseline (default: --minutes; 0 skips it)")
+                    help="budget of the paper-training baseline (default: --minutes, else 3; 0 skips it)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for both runs (default: ours 1, as its config; the paper baseline 2)")
     ap.add_argument("--seed", type=int, default=0)
@@ -143,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         k, _, v = item.partition("=")
         overrides[k] = json.loads(v)
-    base_minutes = args.minutes if args.baseline_minutes is None else args.baseline_minutes
+    base_minutes = args.baseline_minutes if args.baseline_minutes is not None else (args.minutes or 3.0)
     channels = ["resonance", "piezoresponse"] if args.channel == "both" else [args.channel]
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for channel in channels:
@@ -161,15 +207,18 @@ def main(argv: list[str] | None = None) -> int:
             entry["published"] = previous or {"missing": "skipped (--no-published) and no earlier figures"}
         else:
             entry["published"] = published(X, channel, val)
-        ours = AutoencoderConfig.preset("fast", seed=args.seed, max_seconds=60 * args.minutes,
-                                        threads=ours_threads, **overrides)
-        entry["ours"] = train_one("ours", X, channel, ours, val)
+        if args.minutes is not None:
+            overrides.setdefault("max_seconds", 60 * args.minutes)
+        ours = AutoencoderConfig.preset(args.preset, seed=args.seed, threads=ours_threads, **overrides)
+        target = entry["published"].get("val_mse_autoencoder", PUBLISHED_VAL_MSE.get(channel))
+        entry["ours"] = train_one("ours", X, channel, ours, val, target)
         if base_minutes > 0:
             paper = AutoencoderConfig.preset("paper", seed=args.seed, max_seconds=60 * base_minutes,
                                              threads=base_threads, refine_epochs=0)
-            entry["paper_training"] = train_one("paper_training", X, channel, paper, val)
+            entry["paper_training"] = train_one("paper_training", X, channel, paper, val, target)
         entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        results[channel] = entry
+        # earlier records (sweeps, first versions) are kept; this run replaces only what it measured
+        results[channel] = {**results.get(channel, {}), **entry}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
 
@@ -185,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             if key in entry:
                 r = entry[key]
                 print(f"{key:15s}: held-out MSE {r['val_mse']:.5f}, active neurons {r['active_neurons']}/16, "
-                      f"{r['epochs']} epochs in {r['seconds']:.0f} s ({r['seconds_per_epoch']:.1f} s/epoch), "
-                      f"{r['n_parameters']} parameters")
+                      f"{r['epochs']} epochs in {r['seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s CPU "
+                      f"({r['cpu_seconds_per_epoch']:.2f} CPU s/epoch), {r['n_parameters']} parameters")
+                hit = r.get("to_published")
+                print("    published MSE reached: " + (f"epoch {hit['epoch']}, {hit['cpu_seconds']:.0f} CPU s, "
+                                                       f"{hit['seconds']:.0f} s wall" if hit else "no")
+                      + f"; largest rebound above the best so far {100 * r.get('max_rebound', 0):.0f} %")
                 marks = [c for c in r["curve"] if c["val_mse"] != ""]
                 shown = sorted({max(0, min(len(marks) - 1, round(f * len(marks)) - 1)) for f in (0.1, 0.25, 0.5, 1.0)})
                 for i in shown if marks else []:
                     c = marks[i]
-                    print(f"    after {c['seconds']:7.1f} s (epoch {c['epoch']}): val MSE {c['val_mse']:.5f}")
+                    print(f"    after {c['cpu_seconds']:7.1f} CPU s (epoch {c['epoch']}): val MSE {c['val_mse']:.5f}")
     print(f"\nresults written to {args.out}")
     return 0
 
