@@ -22,6 +22,7 @@ mark where this code must mirror the torch path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -46,6 +47,20 @@ _JIT_ROWS = dict(cache=True, fastmath={"contract"}, error_model="numpy")
 # (no 'nnan'/'ninf': the callers test finiteness)
 _JIT_SUM = dict(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"},
                 error_model="numpy")
+
+
+@contextlib.contextmanager
+def numba_threads():
+    """Numba's kernels run with as many threads as torch is set to (restored after)."""
+    import numba
+    import torch
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def layout(code: int) -> tuple[int, int, int]:

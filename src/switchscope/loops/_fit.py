@@ -524,8 +524,6 @@ def _fit_numba(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, v:
                max_iter: int, chunk_size: int):
     """:func:`_fit_chunk` with the numba kernel, over chunks of ``chunk_size`` pixels (bounds the
     contiguous copies); numba runs as many threads as torch is set to."""
-    import numba
-
     from ..fit import _loops_numba as nb
 
     n, _, P = S.shape
@@ -533,9 +531,7 @@ def _fit_numba(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, v:
     r2 = np.empty(n)
     status, n_iter = np.empty(n, np.int64), np.empty(n, np.int64)
     weighted = not bool(Wn.all())
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with nb.numba_threads():
         for a in range(0, n, chunk_size):
             b = min(a + chunk_size, n)
             nb.fit_block(nb.MODEL_CODES[mdl.name], np.ascontiguousarray(S[a:b]),
@@ -544,8 +540,6 @@ def _fit_numba(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, v:
                          lower, upper, np.asarray(mdl.block_order, dtype=np.int64), race,
                          _PRUNE_ITER, _PRUNE_RATIO, max_iter, lm_kwargs["ftol"], lm_kwargs["xtol"],
                          LAM0, params[a:b], status[a:b], n_iter[a:b], r2[a:b], stderr[a:b])
-    finally:
-        numba.set_num_threads(before)
     return params, status, n_iter, r2, stderr
 
 

@@ -11,8 +11,6 @@ region between the two fitted branches over the measured voltage range.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
@@ -159,20 +157,7 @@ def _loop_metrics_numba(model: LoopModel, params: np.ndarray, voltage: np.ndarra
     v = np.asarray(voltage, dtype=float)
     grid = np.linspace(float(v.min()), float(v.max()), n_grid)
     out = np.empty((params.shape[0], len(METRICS)))
-    with numba_threads():
+    with nb.numba_threads():
         nb.metrics(nb.MODEL_CODES[model.name], np.ascontiguousarray(params), grid,
                    _trapezoid_weights(grid), float(nucleation_fraction), out)
     return {name: out[:, j].copy() for j, name in enumerate(METRICS)}
-
-
-@contextlib.contextmanager
-def numba_threads():
-    """Numba's kernels run with as many threads as torch is set to (restored after)."""
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)

@@ -165,13 +165,12 @@ class LoopModel:
 
     def _evaluate_compiled(self, params, voltage, descending) -> np.ndarray:
         from ..fit import _loops_numba as nb
-        from ._metrics import numba_threads
 
         v = np.asarray(voltage, dtype=float).ravel()
         d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
         p = np.ascontiguousarray(np.atleast_2d(np.asarray(params, dtype=float)))
         out = np.empty((p.shape[0], v.size))
-        with numba_threads():
+        with nb.numba_threads():
             nb.curves(nb.MODEL_CODES[self.name], p, np.ascontiguousarray(v[d]),
                       np.ascontiguousarray(v[~d]), out)
         f = np.empty_like(out)
