@@ -22,6 +22,11 @@ published networks, a ``config.json`` that names them); the interpretation stage
 decoder from there, with the normalization recorded in the embedding's attributes. The stage
 computes only: the report draws its figures from the results and ``models/``.
 
+In a chunked run (dask-backed loops: :mod:`switchscope.chunked`), training is unchanged (in
+memory), and the embedding and reconstructions of all pixels are computed chunk by chunk
+(:func:`_chunk_inference`), written into the run's store and read back lazily; they equal the
+in-process ones.
+
 With ``config.joint`` (``[autoencoder] joint = true``) and at least two of the channels present,
 one more network is trained on all of them at once (each step's input: one normalized value per
 channel, in the order of ``config.channels``), after the per-channel ones, and the stage adds:
@@ -42,7 +47,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import xarray as xr
@@ -122,6 +127,9 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
                       "it added nothing (set [autoencoder] channels to ones the data has)", DataWarning, stacklevel=2)
         return out
     histories: dict[str, tuple[list, tuple[int, ...]]] = {}
+    # a chunked run (dask-backed loops): training as in memory, inference chunk by chunk
+    chunked = any(ds[n].chunks is not None for c in found for n in (f"{c}_clean", c) if n in ds)
+    lazy: dict[str, xr.DataArray] = {}
     normalized: dict[str, tuple[np.ndarray, NormStats, str]] = {}
     for channel in found:
         loaded = _loops(ds, channel)
@@ -132,11 +140,13 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
         Xn = (X - mean) / std
         normalized[channel] = (Xn, st, name)
         t0 = time.perf_counter()
+        names = (f"embedding_{channel}", (f"reconstruction_{channel}",))
+        infer = _chunk_inference(ds, [(name, st)], grid, names, ctx, lazy) if chunked else None
         if ctx.pretrained == "paper" and channel in PAPER_L1:
-            info, Z, R, hist, decode_n = _pretrained(channel, Xn, ctx)
+            info, Z, R, hist, decode_n = _pretrained(channel, Xn, ctx, infer)
             tr = ev = np.arange(len(Xn))  # the published network saw none of these pixels' split
         else:
-            info, Z, R, hist, decode_n, (tr, ev) = _train(channel, Xn, config, ctx)
+            info, Z, R, hist, decode_n, (tr, ev) = _train(channel, Xn, config, ctx, infer=infer)
         info["seconds"] = time.perf_counter() - t0
         active = active_neurons(Z)
         info.update(active_neurons=int(active.sum()), n_neurons=int(Z.shape[1]),
@@ -156,14 +166,14 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
 
         units = ds[name].attrs.get("units", "")
         neuron = np.arange(Z.shape[1])
-        out[f"embedding_{channel}"] = xr.DataArray(
-            unflatten(Z, grid), dims=("row", "col", "neuron"), coords={"neuron": neuron},
-            attrs={"long_name": f"{channel} autoencoder embedding", "units": "1",
+        out[f"embedding_{channel}"] = _result(
+            lazy, f"embedding_{channel}", lambda: unflatten(Z, grid), dims=("row", "col", "neuron"),
+            coords={"neuron": neuron}, attrs={"long_name": f"{channel} autoencoder embedding", "units": "1",
                    "active_threshold": 1e-6, "n_active": int(active.sum()), "source": info["source"],
                    # the decoder saved in models/<channel> works on loops normalized with these
                    **norm, "normalized_variable": name})
-        out[f"reconstruction_{channel}"] = xr.DataArray(
-            unflatten(R * std + mean, grid), dims=("row", "col", "step"),
+        out[f"reconstruction_{channel}"] = _result(
+            lazy, f"reconstruction_{channel}", lambda: unflatten(R * std + mean, grid), dims=("row", "col", "step"),
             attrs={"long_name": f"{channel} reconstructed by the autoencoder", "units": units,
                    "mse_normalized": info["mse_all"]})
         histories[channel] = (hist, grid)
@@ -172,20 +182,28 @@ def stage(ds: xr.Dataset, config: AutoencoderConfig, ctx: RunContext) -> xr.Data
             warnings.warn(f"[autoencoder] joint = true needs at least two channels, the data has "
                           f"{', '.join(normalized)}; no joint network was trained", DataWarning, stacklevel=2)
         else:
-            histories["joint"] = _joint(ds, out, normalized, grid, config, ctx, section)
+            histories["joint"] = _joint(ds, out, normalized, grid, config, ctx, section, lazy if chunked else None)
     _add_histories(out, histories)
     return out
 
 
 def _joint(ds: xr.Dataset, out: xr.Dataset, normalized: dict[str, tuple[np.ndarray, NormStats, str]],
            grid: tuple[int, ...], config: AutoencoderConfig, ctx: RunContext,
-           section: dict[str, Any]) -> tuple[list, tuple[int, ...]]:
+           section: dict[str, Any], lazy: dict[str, xr.DataArray] | None = None) -> tuple[list, tuple[int, ...]]:
     """Train the joint network on the normalized channels stacked per step; add its variables to
-    ``out`` and its summary to ``section["joint"]``; return its training history."""
+    ``out`` and its summary to ``section["joint"]``; return its training history. With ``lazy``
+    (a chunked run) its inference runs chunk by chunk (:func:`_chunk_inference`)."""
     channels = list(normalized)
     Xn = np.stack([normalized[c][0] for c in channels], axis=2)  # (n_pixels, n_steps, n_channels)
     t0 = time.perf_counter()
-    info, Z, R, hist, _, (tr, ev) = _train("+".join(channels), Xn, config, ctx, folder="joint")
+    infer = None
+    if lazy is not None:
+        names = ("embedding_joint", tuple(f"reconstruction_joint_{c}" for c in channels))
+        infer = _chunk_inference(ds, [(normalized[c][2], normalized[c][1]) for c in channels], grid, names,
+                                 ctx, lazy)
+    else:
+        lazy = {}
+    info, Z, R, hist, _, (tr, ev) = _train("+".join(channels), Xn, config, ctx, folder="joint", infer=infer)
     info["seconds"] = time.perf_counter() - t0
     active = active_neurons(Z)
     n_active = int(active.sum())
@@ -210,15 +228,17 @@ def _joint(ds: xr.Dataset, out: xr.Dataset, normalized: dict[str, tuple[np.ndarr
                          f"norm_std_{c}": float(st.std)})
         norm[f"normalized_variable_{c}"] = normalized[c][2]
     section["joint"] = info
-    out["embedding_joint"] = xr.DataArray(
-        unflatten(Z, grid), dims=("row", "col", "neuron"), coords={"neuron": np.arange(Z.shape[1])},
+    out["embedding_joint"] = _result(
+        lazy, "embedding_joint", lambda: unflatten(Z, grid), dims=("row", "col", "neuron"),
+        coords={"neuron": np.arange(Z.shape[1])},
         attrs={"long_name": f"joint ({' + '.join(channels)}) autoencoder embedding", "units": "1",
                "active_threshold": 1e-6, "n_active": n_active, "source": info["source"],
                "channels": " ".join(channels), **norm})
     for k, c in enumerate(channels):
         _, st, name = normalized[c]
-        out[f"reconstruction_joint_{c}"] = xr.DataArray(
-            unflatten(R[..., k] * st.std + st.mean, grid), dims=("row", "col", "step"),
+        out[f"reconstruction_joint_{c}"] = _result(
+            lazy, f"reconstruction_joint_{c}", lambda: unflatten(R[..., k] * st.std + st.mean, grid),
+            dims=("row", "col", "step"),
             attrs={"long_name": f"{c} reconstructed by the joint autoencoder",
                    "units": ds[name].attrs.get("units", ""), "mse_normalized": per_channel[c]})
     return hist, grid
@@ -260,11 +280,14 @@ def _add_histories(out: xr.Dataset, histories: dict[str, tuple[list, tuple[int, 
                    "units": "1", "own_checkpoint_epochs": own.tolist()})
 
 
-def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext, folder: str | None = None):
+def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext, folder: str | None = None,
+           infer: Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]] | None = None):
     folder = ctx.models / (folder or channel)
     ae = Autoencoder(config, channel=channel).fit(Xn, checkpoint_dir=folder, progress=ctx.progress)
-    Z = ae.transform(Xn)
-    R = ae.reconstruct(Xn)
+    if infer is None:
+        Z, R = _apply({"kind": "trained", "network": ae}, Xn)
+    else:
+        Z, R = infer(_trained_state(ae))
     tr, va = ae.train_index_, ae.val_index_
     info: dict[str, Any] = {
         "source": "trained", "epochs": ae.n_epochs_, "best_epoch": ae.best_epoch_,
@@ -279,7 +302,8 @@ def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunCont
     return info, Z, R, hist, ae.decode, (tr, va if len(va) else tr)
 
 
-def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
+def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext,
+                infer: Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]] | None = None):
     if Xn.shape[1] != PAPER_STEPS:
         raise DataError(f"the published {channel} network takes {PAPER_STEPS} steps per loop, the data has "
                         f"{Xn.shape[1]}; train instead (drop --pretrained paper)")
@@ -288,16 +312,12 @@ def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
     from tqdm.auto import tqdm
 
     net = load_pretrained(channel)
-    Zs, Rs = [], []
-    block = 256  # the networks' own batch, so the result equals one call over all pixels
-    with tqdm(total=len(Xn), disable=not ctx.progress, desc=f"published {channel} network",
-              unit="loop", leave=False) as bar:
-        for i in range(0, len(Xn), block):
-            z = net.transform(Xn[i:i + block])  # encoded once; the decoder takes it on (bit-identical)
-            Zs.append(np.asarray(z, dtype=np.float64))
-            Rs.append(np.asarray(net.decode(z), dtype=np.float64))
-            bar.update(len(Xn[i:i + block]))
-    Z, R = np.concatenate(Zs), np.concatenate(Rs)
+    if infer is not None:
+        Z, R = infer({"kind": "paper", "network": net})
+    else:
+        with tqdm(total=len(Xn), disable=not ctx.progress, desc=f"published {channel} network",
+                  unit="loop", leave=False) as bar:
+            Z, R = _published(net, Xn, bar.update)
     folder = ctx.models / channel
     folder.mkdir(parents=True, exist_ok=True)
     epoch = getattr(getattr(net, "autoencoder", net), "epoch", None)
@@ -308,3 +328,125 @@ def _pretrained(channel: str, Xn: np.ndarray, ctx: RunContext):
         indent=2), encoding="utf-8")
     info: dict[str, Any] = {"source": "paper", "epochs": epoch, "l1": PAPER_L1[channel]}
     return info, Z, R, [(epoch, Z)], net.decode
+
+
+def _published(net: Any, Xn: np.ndarray, done: Callable[[int], Any] = lambda n: None) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding and reconstruction of ``Xn`` by a published network (float64)."""
+    Zs, Rs = [], []
+    block = 256  # the networks' own batch, so the result equals one call over all pixels
+    for i in range(0, len(Xn), block):
+        z = net.transform(Xn[i:i + block])  # encoded once; the decoder takes it on (bit-identical)
+        Zs.append(np.asarray(z, dtype=np.float64))
+        Rs.append(np.asarray(net.decode(z), dtype=np.float64))
+        done(len(Xn[i:i + block]))
+    if not Zs:
+        return np.zeros((0, net.n_embedding)), np.zeros((0, Xn.shape[1]))
+    return np.concatenate(Zs), np.concatenate(Rs)
+
+
+# -- inference chunk by chunk (a chunked run: switchscope.chunked) --------------------------------
+def _trained_state(ae: Autoencoder) -> dict[str, Any]:
+    """What a chunk needs to rebuild a trained network: its weights as safetensors bytes, its
+    config and shape (no pickled model: dask ships these plain values to each chunk)."""
+    from safetensors.torch import save
+
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in ae.model_.state_dict().items()}
+    return {"kind": "trained", "weights": save(weights), "config": ae._cfg(), "channel": ae.channel,
+            "n_channels": int(getattr(ae.model_, "n_channels", 1)), "n_steps": ae.n_steps_}
+
+
+def _network(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its network ready to run (a trained one rebuilt from its weights, on the
+    device its config names, as :meth:`Autoencoder.load` does)."""
+    if "network" in state:
+        return state
+    from pathlib import Path
+
+    from safetensors.torch import load
+
+    from .train import _load_state_dict, _resolve_device
+
+    cfg = state["config"]
+    ae = Autoencoder(cfg, channel=state["channel"])
+    model = ae._new_model(cfg, state["n_channels"])
+    _load_state_dict(model, load(state["weights"]), Path("<trained network>"))
+    model.to(_resolve_device(cfg.device)).eval()
+    ae.model_, ae.n_steps_, ae.n_channels_ = model, state["n_steps"], state["n_channels"]
+    return {"kind": "trained", "network": ae}
+
+
+def _apply(state: dict[str, Any], Xn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding (n_pixels, n_neurons) and normalized reconstruction of loops ``Xn``: the same
+    calls in memory and on each chunk."""
+    net = _network(state)["network"]
+    if state["kind"] == "paper":
+        return _published(net, Xn)
+    return net.transform(Xn), net.reconstruct(Xn)
+
+
+def _infer_chunk(block: xr.Dataset, *, state: dict[str, Any], norms: list[tuple[Any, Any] | None],
+                 outputs: tuple[str, tuple[str, ...]]) -> xr.Dataset:
+    """The embedding and reconstructions of one chunk: its loops ``x<i>`` normalized as in
+    memory (global statistics in ``norms``, per-pixel ones in the variables ``m<i>``, ``s<i>``)."""
+    Xs, stats = [], []
+    grid = None
+    for i, norm in enumerate(norms):
+        X, grid = flatten(block, f"x{i}")
+        if norm is None:
+            norm = tuple(block[f"{k}{i}"].values.reshape(-1, 1) for k in "ms")
+        mean, std = norm
+        Xs.append((np.asarray(X, dtype=np.float64) - mean) / std)
+        stats.append((mean, std))
+    Xn = Xs[0] if len(Xs) == 1 else np.stack(Xs, axis=2)
+    Z, R = _apply(state, Xn)
+    emb, recs = outputs
+    out = xr.Dataset({emb: (("row", "col", "neuron"), unflatten(Z, grid))},
+                     coords={"neuron": np.arange(Z.shape[1])})
+    for i, (rec, (mean, std)) in enumerate(zip(recs, stats)):
+        out[rec] = (("row", "col", "step"), unflatten((R if len(recs) == 1 else R[..., i]) * std + mean, grid))
+    return out
+
+
+def _chunk_inference(ds: xr.Dataset, inputs: list[tuple[str, NormStats]], grid: tuple[int, ...],
+                     names: tuple[str, tuple[str, ...]], ctx: RunContext, lazy: dict[str, xr.DataArray]
+                     ) -> Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
+    """``infer(state)`` for a chunked run: the network's embedding and reconstructions of every
+    pixel, chunk by chunk with :func:`xarray.map_blocks` (the network's state handed to each),
+    written into the run's store (``ctx.persist``) and read back lazily into ``lazy``; returns
+    the embedding (n_pixels, n_neurons) and the normalized reconstruction, in memory, for the
+    summary (the loops it is compared with are in memory for training already)."""
+    from ..chunked import map_pixels, persist, pixel_dims
+
+    def infer(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        first = ds[inputs[0][0]]
+        dims = pixel_dims(first)
+        src = xr.Dataset(coords={d: ds[d] for d in dims if d in ds.coords})
+        norms: list[tuple[Any, Any] | None] = []
+        for i, (name, st) in enumerate(inputs):
+            src[f"x{i}"] = ds[name].transpose("row", "col", "step")
+            if st.per_pixel:
+                for key, v in (("m", st.mean), ("s", st.std)):
+                    src[f"{key}{i}"] = xr.DataArray(unflatten(np.ravel(v), grid), dims=("row", "col"))
+                norms.append(None)
+            else:
+                norms.append((st.mean, st.std))
+        rows = first.chunks[first.dims.index("row")] if first.chunks is not None else (grid[0],)
+        src = src.chunk({"row": rows, "col": -1, "step": -1})
+        emb, recs = names
+        result = persist(map_pixels(src, _infer_chunk, (emb, *recs), state=state, norms=norms, outputs=names), ctx)
+        lazy.update({k: result[k] for k in (emb, *recs)})
+        Z = np.asarray(result[emb].values).reshape(-1, result.sizes["neuron"])
+        Rn = [(flatten(result, rec)[0] - st.mean) / st.std for rec, (_, st) in zip(recs, inputs)]
+        return Z, (Rn[0] if len(Rn) == 1 else np.stack(Rn, axis=2))
+
+    return infer
+
+
+def _result(lazy: dict[str, xr.DataArray], name: str, values: Callable[[], np.ndarray], *, dims: tuple[str, ...],
+            attrs: dict[str, Any], coords: dict[str, Any] | None = None) -> xr.DataArray:
+    """A result variable: read back from the run's store (a chunked run), else built in memory."""
+    if name in lazy:
+        out = lazy[name].copy()
+        out.attrs = dict(attrs)
+        return out
+    return xr.DataArray(values(), dims=dims, coords=coords, attrs=attrs)
