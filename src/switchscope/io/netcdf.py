@@ -250,22 +250,26 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _sweep_dead_temporaries(path: Path) -> None:
-    """Remove the temporary files that killed runs of :func:`save` left for ``path``."""
+def dead_temporaries(path: Path) -> list[Path]:
+    """The temporary names (``.NAME.PID-HEX.tmp``) that killed writers of ``path`` left beside it."""
     import re
 
     pattern = re.compile(r"^\." + re.escape(path.name) + r"\.(\d+)-[0-9a-f]{8}\.tmp$")
     try:
         names = os.listdir(path.parent)
     except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if m and not pid_alive(int(m[1])):
-            try:
-                os.unlink(path.parent / name)
-            except OSError:
-                pass
+        return []
+    return [path.parent / name for name in names
+            if (m := pattern.match(name)) and not pid_alive(int(m[1]))]
+
+
+def _sweep_dead_temporaries(path: Path) -> None:
+    """Remove the temporary files that killed runs of :func:`save` left for ``path``."""
+    for dead in dead_temporaries(path):
+        try:
+            os.unlink(dead)
+        except OSError:
+            pass
 
 
 def save(ds: xr.Dataset, path: PathLike, *, overwrite: bool = False) -> Path:

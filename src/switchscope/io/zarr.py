@@ -24,9 +24,9 @@ import xarray as xr
 
 from .._dataset import channels_in, check_voltage
 from .._errors import DataError, FormatError, OutputError
-from .._output import WRITER_ATTR, pid_alive
+from .._output import WRITER_ATTR
 from ._base import PathLike, Reader, oneline, resolve_voltage
-from .netcdf import _map_attrs, decode_attrs, encode_attrs
+from .netcdf import _map_attrs, dead_temporaries, decode_attrs, encode_attrs
 
 #: Files that mark the root of a Zarr store (format 3, then format 2).
 _ROOT_FILES = ("zarr.json", ".zgroup", ".zattrs")
@@ -171,17 +171,9 @@ def check_output_store(path: PathLike, force: bool, inputs: Any = ()) -> Path:
 
 def _sweep_dead(path: Path) -> None:
     """Remove the temporary stores that killed writers left for ``path`` (ours only)."""
-    import re
-
-    pattern = re.compile(r"^\." + re.escape(path.name) + r"\.(\d+)-[0-9a-f]{8}\.tmp$")
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if m and not pid_alive(int(m[1])) and is_zarr_store(path.parent / name):
-            shutil.rmtree(path.parent / name, ignore_errors=True)
+    for dead in dead_temporaries(path):
+        if is_zarr_store(dead):
+            shutil.rmtree(dead, ignore_errors=True)
 
 
 def _encoded(ds: xr.Dataset) -> xr.Dataset:
