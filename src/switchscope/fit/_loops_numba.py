@@ -525,9 +525,9 @@ def _branch(code, p, v, desc, out):
 
 
 @njit(parallel=True, **_JIT)
-def curves(code, params, vd, va, out):
-    """``out (n, md + ma)``: the model at the descending voltages ``vd``, then the ascending
-    ``va``."""
+def curves(code, params, vd, va, jd, ja, out):
+    """``out (n, n_steps)``: the model at the descending voltages ``vd`` into the columns ``jd``
+    and at the ascending ``va`` into the columns ``ja`` (the steps of each branch)."""
     md, ma = vd.shape[0], va.shape[0]
     for blk in prange((params.shape[0] + _BLOCK - 1) // _BLOCK):
         # contiguous scratch rows: LLVM vectorizes the branch loops only on those
@@ -536,8 +536,10 @@ def curves(code, params, vd, va, out):
         for i in range(blk * _BLOCK, min((blk + 1) * _BLOCK, params.shape[0])):
             _branch(code, params[i], vd, True, fd)
             _branch(code, params[i], va, False, fa)
-            out[i, :md] = fd
-            out[i, md:] = fa
+            for k in range(md):
+                out[i, jd[k]] = fd[k]
+            for k in range(ma):
+                out[i, ja[k]] = fa[k]
 
 
 @njit(**_JIT)

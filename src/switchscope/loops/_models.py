@@ -169,12 +169,10 @@ class LoopModel:
         v = np.asarray(voltage, dtype=float).ravel()
         d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
         p = np.ascontiguousarray(np.atleast_2d(np.asarray(params, dtype=float)))
-        out = np.empty((p.shape[0], v.size))
+        jd, ja = np.flatnonzero(d), np.flatnonzero(~d)
+        f = np.empty((p.shape[0], v.size))
         with nb.numba_threads():
-            nb.curves(nb.MODEL_CODES[self.name], p, np.ascontiguousarray(v[d]),
-                      np.ascontiguousarray(v[~d]), out)
-        f = np.empty_like(out)
-        f[:, np.r_[np.flatnonzero(d), np.flatnonzero(~d)]] = out
+            nb.curves(nb.MODEL_CODES[self.name], p, v[jd], v[ja], jd, ja, f)
         return f[0] if np.ndim(params) == 1 else f
 
     def jacobian(self, params, voltage, descending=None) -> np.ndarray:
