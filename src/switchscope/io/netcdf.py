@@ -203,33 +203,44 @@ class NetCDFReader(Reader):
             raise FormatError(f"'{fname}' is a NetCDF file that cannot be read ({oneline(exc)}); "
                               "it is corrupt: write it again") from None
         ds = _map_attrs(ds, lambda a, _owner: decode_attrs(a))
-        missing = [d for d in ("row", "col", "step") if d not in ds.dims]
-        if missing:
-            raise DataError(f"'{fname}' has dims {tuple(ds.dims)} but switchscope needs row, col, step; "
-                            "give a file written by switchscope.io.save")
-        ds.attrs.pop(WRITER_ATTR, None)
-        if voltage is not None or "voltage" not in ds.coords:
-            v = resolve_voltage(voltage, None, ds.sizes["step"], path)
-            ds = ds.assign_coords(voltage=("step", v, {"units": "V", "long_name": "DC voltage"}))
-        else:
-            if ds["voltage"].dims != ("step",):
-                raise DataError(f"'{fname}': the voltage has dims {ds['voltage'].dims}, not (step,); "
-                                "give a file written by switchscope.io.save")
-            try:
-                check_voltage(ds["voltage"].values, ds.sizes["step"])
-            except DataError as exc:
-                raise DataError(f"'{fname}': {exc}") from None
+        return finish_own(ds, path, voltage=voltage, normalized=normalized, fmt=self.name,
+                          hint="give a file written by switchscope.io.save")
+
+
+def finish_own(ds: xr.Dataset, path: PathLike, *, voltage: Any, normalized: bool, fmt: str,
+               hint: str) -> xr.Dataset:
+    """The checks and coordinates that the readers of switchscope's own formats (NetCDF, Zarr)
+    share: dims ``row, col, step``, a finite voltage per step (from the file or ``voltage``),
+    numeric channels, and the ``source``/``format`` attributes (a file we wrote keeps the ones it
+    recorded, so save/load is an exact round trip). ``hint`` ends the errors: what to give instead."""
+    fname = Path(path).name
+    missing = [d for d in ("row", "col", "step") if d not in ds.dims]
+    if missing:
+        raise DataError(f"'{fname}' has dims {tuple(ds.dims)} but switchscope needs row, col, step; {hint}")
+    ds.attrs.pop(WRITER_ATTR, None)
+    if voltage is not None or "voltage" not in ds.variables:
+        v = resolve_voltage(voltage, None, ds.sizes["step"], path)
+        ds = ds.assign_coords(voltage=("step", v, {"units": "V", "long_name": "DC voltage"}))
+    else:
+        if ds["voltage"].dims != ("step",):
+            raise DataError(f"'{fname}': the voltage has dims {ds['voltage'].dims}, not (step,); {hint}")
+        values = ds["voltage"].values
+        try:
+            check_voltage(values, ds.sizes["step"])  # as stored: strings are refused, not parsed
+        except DataError as exc:
+            raise DataError(f"'{fname}': {exc}") from None
+        # an in-memory coordinate, also where a store holds it as a lazy array or a data variable
+        ds = ds.assign_coords(voltage=("step", values, dict(ds["voltage"].attrs)))
+    for c in channels_in(ds):
+        if ds[c].dtype.kind not in "iuf":
+            raise DataError(f"'{fname}': channel {c!r} holds {ds[c].dtype} values, not numbers; "
+                            "give numeric data")
+    if normalized:
         for c in channels_in(ds):
-            if ds[c].dtype.kind not in "iuf":
-                raise DataError(f"'{fname}': channel {c!r} holds {ds[c].dtype} values, not numbers; "
-                                "give numeric data")
-        if normalized:
-            for c in channels_in(ds):
-                ds[c].attrs.update(normalized=1, units="1")
-        # a file we wrote keeps the source and format it recorded, so save/load is an exact round trip
-        ds.attrs.setdefault("source", fname)
-        ds.attrs.setdefault("format", self.name)
-        return ds
+            ds[c].attrs.update(normalized=1, units="1")
+    ds.attrs.setdefault("source", fname)
+    ds.attrs.setdefault("format", fmt)
+    return ds
 
 
 # -- writer ---------------------------------------------------------------------------------------

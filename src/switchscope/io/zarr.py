@@ -19,14 +19,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
-from .._dataset import channels_in, check_voltage
 from .._errors import DataError, FormatError, OutputError
 from .._output import WRITER_ATTR
-from ._base import PathLike, Reader, oneline, resolve_voltage
-from .netcdf import _map_attrs, dead_temporaries, decode_attrs, encode_attrs
+from ._base import PathLike, Reader, oneline
+from .netcdf import _map_attrs, dead_temporaries, decode_attrs, encode_attrs, finish_own
 
 #: Files that mark the root of a Zarr store (format 3, then format 2).
 _ROOT_FILES = ("zarr.json", ".zgroup", ".zattrs")
@@ -90,33 +88,8 @@ class ZarrReader(Reader):
             raise FormatError(f"'{fname}' is a Zarr store that cannot be read ({oneline(exc)}); "
                               "it is corrupt or incomplete: write it again") from None
         ds = _in_order(_map_attrs(ds, lambda a, _owner: decode_attrs(a)))
-        missing = [d for d in ("row", "col", "step") if d not in ds.dims]
-        if missing:
-            raise DataError(f"'{fname}' has dims {tuple(ds.dims)} but switchscope needs row, col, step; "
-                            "write it with switchscope.io.save_zarr or with those dims")
-        ds.attrs.pop(WRITER_ATTR, None)
-        if voltage is not None or "voltage" not in ds.variables:
-            v = resolve_voltage(voltage, None, ds.sizes["step"], path)
-            ds = ds.assign_coords(voltage=("step", v, {"units": "V", "long_name": "DC voltage"}))
-        else:
-            if ds["voltage"].dims != ("step",):
-                raise DataError(f"'{fname}': the voltage has dims {ds['voltage'].dims}, not (step,)")
-            v = np.asarray(ds["voltage"].values, dtype=float)
-            try:
-                check_voltage(v, ds.sizes["step"])
-            except DataError as exc:
-                raise DataError(f"'{fname}': {exc}") from None
-            ds = ds.assign_coords(voltage=("step", v, dict(ds["voltage"].attrs)))
-        for c in channels_in(ds):
-            if ds[c].dtype.kind not in "iuf":
-                raise DataError(f"'{fname}': channel {c!r} holds {ds[c].dtype} values, not numbers; "
-                                "give numeric data")
-        if normalized:
-            for c in channels_in(ds):
-                ds[c].attrs.update(normalized=1, units="1")
-        ds.attrs.setdefault("source", fname)
-        ds.attrs.setdefault("format", self.name)
-        return ds
+        return finish_own(ds, path, voltage=voltage, normalized=normalized, fmt=self.name,
+                          hint="write it with switchscope.io.save_zarr or with those dims and a voltage per step")
 
 
 def open_store(store: PathLike) -> xr.Dataset:
