@@ -90,16 +90,11 @@ def reference_forward(weights: dict[str, np.ndarray], loop: np.ndarray) -> tuple
 def _old_prepare_weights(
     kernel: torch.Tensor, recurrent_kernel: torch.Tensor, bias: torch.Tensor, recurrent_activation: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    u = recurrent_kernel.shape[1]
-    order = torch.cat([torch.arange(0, 2 * u), torch.arange(3 * u, 4 * u), torch.arange(2 * u, 3 * u)])
-    W, U, b = kernel[..., order], recurrent_kernel[..., order], bias[..., order]
-    if recurrent_activation == "hard_sigmoid":
-        scale = torch.ones(4 * u, dtype=W.dtype, device=W.device)
-        scale[: 3 * u] = 0.2
-        shift = torch.zeros(4 * u, dtype=W.dtype, device=W.device)
-        shift[: 3 * u] = 0.5
-        W, U, b = W * scale, U * scale, b * scale + shift
-    return W.contiguous(), U.contiguous(), b.contiguous()
+    """The library's rearranged weights, untransposed (the old layout: pixels in the middle)."""
+    from switchscope.autoencoder._hardlstm import prepare_weights
+
+    Wt, Ut, bt = prepare_weights(kernel, recurrent_kernel, bias, recurrent_activation)
+    return Wt.transpose(1, 2).contiguous(), Ut.transpose(1, 2).contiguous(), bt.squeeze(-1).contiguous()
 
 
 def _old_lstm_stack(
