@@ -69,6 +69,7 @@ __all__ = [
     "sentences",
     "stage",
     "three_state",
+    "two_step_fit",
 ]
 
 #: Detector variable -> (label in sentences, one-line definition).
@@ -232,13 +233,153 @@ def _plateau_table(a: float, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return r, xa / xb, 2.0 * xb
 
 
-def three_state(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
-                switching_level: float = 0.8) -> np.ndarray:
-    """Width of the intermediate plateau on the switching branches, in volts (module docstring).
+def _two_step(u: np.ndarray, c: np.ndarray, w: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """The two-step state (n, k) on the voltages ``u`` (k,): centre ``c``, erf width ``w`` and
+    squared plateau ``d2`` (n,) each (negative ``d2`` reads as 0)."""
+    half = 0.5 * np.sqrt(np.maximum(d2, 0.0))[:, None]
+    x = u[None, :] - c[:, None]
+    ww = w[:, None]
+    return 0.5 * (erf((x - half) / ww) + erf((x + half) / ww))
 
-    The plateau ``d`` of the two-step model ``[erf((V - c - d/2)/w) + erf((V - c + d/2)/w)] / 2``
-    that has the branch's measured ``m(a) / m(b)`` (a function of ``d / w`` alone) and ``m(b)``;
-    0 where the branch is one error-function step or steeper near zero. Mean of the two branches.
+
+def _tilt_levels(brs: tuple[Branch, Branch], ys: list[np.ndarray], share: float = 0.25
+                 ) -> list[np.ndarray]:
+    """Branches normalized by saturation lines: the falling branch's top and the rising branch's
+    bottom (the sides far from their switching, saturated on any loop that closes) give a common
+    slope ``k`` and the two levels ``+-h`` about ``mid``; the tilt ``k V s^2`` (vanishing with the
+    switched polarization) is then removed, ``s = 2 z / (1 + sqrt(1 + 4 k V z / h))``."""
+    (uf, yf), (ur, yr) = (brs[0].voltage, ys[0]), (brs[1].voltage, ys[1])
+    kf, kr = max(2, int(round(share * uf.size))), max(2, int(round(share * ur.size)))
+    tu, ty, bu, by = uf[-kf:], yf[:, -kf:], ur[:kr], yr[:, :kr]
+    num = (((tu - tu.mean()) * (ty - ty.mean(axis=1, keepdims=True))).sum(axis=1)
+           + ((bu - bu.mean()) * (by - by.mean(axis=1, keepdims=True))).sum(axis=1))
+    k = num / (((tu - tu.mean()) ** 2).sum() + ((bu - bu.mean()) ** 2).sum())
+    hi = (ty - k[:, None] * tu).mean(axis=1)
+    lo = (by - k[:, None] * bu).mean(axis=1)
+    mid, h = 0.5 * (hi + lo), 0.5 * (hi - lo)
+    h = np.where(h != 0, h, np.nan)
+    out = []
+    for br, y in zip(brs, ys):
+        z = (y - mid[:, None]) / h[:, None]
+        kk = k[:, None] * br.voltage[None, :] / h[:, None]
+        out.append(2.0 * z / (1.0 + np.sqrt(np.maximum(1.0 + 4.0 * kk * z, 0.0))))
+    return out
+
+
+def two_step_fit(voltage: Any, loops: Any, *, plateau_level: float = 0.25, switching_level: float = 0.8,
+                 iterations: int = 25, chunk: int = 4096) -> dict[str, np.ndarray]:
+    """Least-squares fit of the two-step loop model to every pixel's two branches.
+
+    ``y = y0 + h p_j(V) + k V p_j(V)^2`` on branch ``j`` (falling, rising) with ``p_j(V) = [erf((V -
+    c_j - d/2)/w) + erf((V - c_j + d/2)/w)] / 2``: offset ``y0``, step half-height ``h`` and the
+    field-induced tilt ``k V p^2`` (it vanishes with the switched polarization) shared by the two
+    branches, the coercive centres ``c_j`` apart, erf width ``w`` and plateau ``d`` shared. The
+    linear parameters are solved exactly at every step (variable projection); ``c_j, w, d^2`` by
+    Levenberg-Marquardt (``d^2`` rather than ``d``: below the step width the curve depends on
+    ``d^2``), started from the level crossings of the tilt-corrected branches.
+
+    Returns
+    -------
+    dict of ndarrays (n_pixels,)
+        ``d2`` (V², may be slightly negative: a step sharper than one erf), ``w`` (V),
+        ``d2_se`` (V², the standard error of ``d2`` from the fit's Jacobian and residual noise),
+        ``c_falling``, ``c_rising`` (V).
+    """
+    X = _as_curves(loops, "loops")
+    brs = branches(voltage)
+    out = {k: np.full(X.shape[0], np.nan) for k in ("d2", "w", "d2_se", "c_falling", "c_rising")}
+    for start in range(0, X.shape[0], int(chunk)):
+        part = _two_step_fit_chunk(brs, X[start:start + int(chunk)], float(plateau_level),
+                                   float(switching_level), int(iterations))
+        for key, val in part.items():
+            out[key][start:start + len(val)] = val
+    return out
+
+
+def _two_step_fit_chunk(brs: tuple[Branch, Branch], X: np.ndarray, a: float, b: float,
+                        iterations: int) -> dict[str, np.ndarray]:
+    n = X.shape[0]
+    us = [br.voltage for br in brs]
+    ys = [br.of(X) for br in brs]
+    Y = np.concatenate(ys, axis=1)
+    U = np.concatenate(us)
+    fit = np.isfinite(Y)
+    Y0 = np.where(fit, Y, 0.0)
+    # start: level crossings of the tilt-corrected branches (the model's m(a)/m(b), module docstring)
+    r_grid, ratio, mb_grid = _plateau_table(a, b)
+    d0, w0, c0 = [], [], []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for u, s in zip(us, _tilt_levels(brs, ys)):
+            ma = _measure_below(s, u, a) - _measure_below(s, u, -a)
+            mb = _measure_below(s, u, b) - _measure_below(s, u, -b)
+            r = np.interp(ma / mb, ratio, r_grid, left=0.0, right=r_grid[-1])
+            w = mb / np.interp(r, r_grid, mb_grid)
+            d0.append(r * w)
+            w0.append(w)
+            c0.append(u[0] + _measure_below(s, u, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        w_start = np.nan_to_num(np.nanmean(w0, axis=0), nan=2.0)
+        d_start = np.nan_to_num(np.nanmean(d0, axis=0), nan=0.0)
+    c_mid = 0.5 * (us[0][0] + us[0][-1])
+    P = np.stack([np.nan_to_num(c0[0], nan=c_mid), np.nan_to_num(c0[1], nan=c_mid),
+                  np.clip(w_start, 0.2, 15.0), d_start**2], axis=1)
+
+    def residual(P: np.ndarray) -> np.ndarray:
+        p = np.concatenate([_two_step(u, P[:, j], P[:, 2], P[:, 3]) for j, u in enumerate(us)], axis=1)
+        A = np.stack([np.ones_like(p), p, U[None, :] * p**2], axis=-1) * fit[..., None]
+        AtA = np.einsum("nki,nkj->nij", A, A)
+        AtA += 1e-12 * np.einsum("nii->n", AtA)[:, None, None] * np.eye(3)
+        coef = np.linalg.solve(AtA, np.einsum("nki,nk->ni", A, Y0)[..., None])[..., 0]
+        return Y0 - np.einsum("nki,ni->nk", A, coef)
+
+    steps = np.array([1e-3, 1e-3, 1e-3, 1e-2])
+
+    def jacobian(P: np.ndarray, r: np.ndarray) -> np.ndarray:
+        J = np.empty(r.shape + (4,))
+        for j in range(4):
+            Q = P.copy()
+            Q[:, j] += steps[j]
+            J[..., j] = (residual(Q) - r) / steps[j]
+        return J
+
+    r = residual(P)
+    sse = (r**2).sum(axis=1)
+    lam = np.full(n, 1e-2)
+    for _ in range(iterations):
+        J = jacobian(P, r)
+        JtJ = np.einsum("nki,nkj->nij", J, J)
+        g = np.einsum("nki,nk->ni", J, r)
+        M = JtJ + lam[:, None, None] * (np.einsum("nii->ni", JtJ)[:, :, None] * np.eye(4)) + 1e-30 * np.eye(4)
+        Q = P - np.linalg.solve(M, g[..., None])[..., 0]
+        Q[:, 2] = np.clip(Q[:, 2], 0.2, 15.0)
+        Q[:, 3] = np.clip(Q[:, 3], -4.0 * Q[:, 2] ** 2, 400.0)
+        rq = residual(Q)
+        sq = (rq**2).sum(axis=1)
+        better = sq < sse
+        P = np.where(better[:, None], Q, P)
+        r = np.where(better[:, None], rq, r)
+        sse = np.where(better, sq, sse)
+        lam = np.where(better, lam / 3.0, lam * 4.0)
+    J = jacobian(P, r)
+    cov = np.linalg.pinv(np.einsum("nki,nkj->nij", J, J))
+    dof = np.maximum(fit.sum(axis=1) - 7, 1)
+    se = np.sqrt(np.maximum(cov[:, 3, 3] * sse / dof, 0.0))
+    bad = fit.sum(axis=1) < 10
+    P[bad] = np.nan
+    se[bad] = np.nan
+    return {"d2": P[:, 3], "w": P[:, 2], "d2_se": se, "c_falling": P[:, 0], "c_rising": P[:, 1]}
+
+
+def three_state(voltage: Any, loops: Any, *, plateau_level: float = 0.25, switching_level: float = 0.8,
+                resolution: float = 1.0, confidence: float = 2.0) -> np.ndarray:
+    """Resolved plateau between two switching events, in volts (module docstring).
+
+    From :func:`two_step_fit` (plateau ``d``, erf width ``w``, both branches at once):
+    ``sqrt(max(d^2 - (resolution w)^2 - confidence SE(d^2), 0))``, the plateau in excess of one
+    step width (below it the two events merge into one wider step: the curve depends on ``d^2 /
+    2 + w^2`` only, so a short plateau and a wide step cannot be told apart), less ``confidence``
+    standard errors of ``d^2``. 0 where no plateau is resolved (one switching event).
 
     Parameters
     ----------
@@ -249,21 +390,9 @@ def three_state(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
     -------
     ndarray of shape (n_pixels,)
     """
-    X = _as_curves(loops, "loops")
-    brs = branches(voltage)
-    s_all, _ = _levels(X, brs)
-    a, b = float(plateau_level), float(switching_level)
-    r_grid, ratio, mb_grid = _plateau_table(a, b)
-    d = []
-    for br, s in zip(brs, s_all):
-        u = br.voltage
-        ma = _measure_below(s, u, a) - _measure_below(s, u, -a)
-        mb = _measure_below(s, u, b) - _measure_below(s, u, -b)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.interp(ma / mb, ratio, r_grid, left=0.0, right=r_grid[-1])
-            w = mb / np.interp(r, r_grid, mb_grid)
-            d.append(np.where(np.isfinite(ma / mb) & (mb > 0), r * w, np.nan))
-    return np.mean(d, axis=0)
+    f = two_step_fit(voltage, loops, plateau_level=plateau_level, switching_level=switching_level)
+    excess = f["d2"] - (float(resolution) * f["w"]) ** 2 - float(confidence) * f["d2_se"]
+    return np.sqrt(np.maximum(excess, 0.0))
 
 
 def c_like(voltage: Any, loops: Any, *, plateau_level: float = 0.25,
