@@ -10,12 +10,13 @@ span (V) over which ``|s| < a``, measured exactly on the piecewise-linear branch
 need a monotonic or noise-free branch).
 
 ``mechanism_three_state`` (V)
-    Width of an intermediate plateau between two switching events (the c -> a -> c sequence):
-    the plateau ``d`` of the two-step model ``p(V) = [erf((V - c - d/2)/w) + erf((V - c + d/2)/w)]
-    / 2`` that has the branch's measured ``m(a)/m(b)`` (a function of ``d/w`` alone, from
-    ``erfinv(a)/erfinv(b)`` for one step towards 1) and ``m(b)``, with ``a = 0.25``, ``b = 0.8``;
-    0 for one error-function step (one peak in the derivative of the branch). Mean of the two
-    branches.
+    Resolved plateau between two switching events (the c -> a -> c sequence):
+    ``sqrt(max(d^2 - w^2 - 2 SE(d^2), 0))`` with ``d`` the plateau and ``w`` the erf width of
+    the two-step loop model ``y0 + h p(V) + k V p(V)^2``, ``p(V) = [erf((V - c - d/2)/w) +
+    erf((V - c + d/2)/w)] / 2`` (``c`` per branch; ``d``, ``w``, ``h``, the tilt ``k`` and ``y0``
+    shared), fitted by least squares to both branches (:func:`two_step_fit`). Below ``d ~ w`` the
+    curve depends on ``w^2 + d^2/2`` only (a short plateau is a wider step), so such plateaus
+    read as 0, as do those within two standard errors of it.
 ``mechanism_hardening`` (the resonance's units: kHz, or standard deviations of a normalized file)
     Rise of the resonance frequency before switching above the branch's baseline: on each branch,
     the amplitude of a Gaussian rise (width ``rise_width``, 1.3 V) centred 1-8 V before the
@@ -75,7 +76,7 @@ __all__ = [
 #: Detector variable -> (label in sentences, one-line definition).
 DETECTORS: dict[str, tuple[str, str]] = {
     "mechanism_three_state": ("three-state switching",
-                              "width of an intermediate plateau between two switching events on the branches"),
+                              "plateau between two switching events in excess of one step width (two-step loop fit)"),
     "mechanism_hardening": ("elastic hardening",
                             "rise of the resonance frequency before switching above the branch's baseline"),
     "mechanism_c_like": ("c-like switching",
