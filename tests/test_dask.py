@@ -217,6 +217,18 @@ def test_pipeline_chunked_summary(spectra_runs):
     assert got["sho"]["chunks"] > 1
 
 
+def test_cluster_workers_fit_without_torch(spectra_runs, cluster):
+    """sho, project, clean and loops on the CPU never load torch in a worker (~180 MB and ~1 s
+    per process): only the autoencoder's chunks need it (they run later in this module)."""
+    import sys
+
+    from distributed import Client
+
+    with Client(cluster) as client:
+        loaded = client.run(lambda: "torch" in sys.modules)
+    assert loaded and not any(loaded.values()), loaded
+
+
 def test_report_reads_a_zarr_run(spectra_runs, capsys):
     code, out, err = run_cli(capsys, "info", spectra_runs / "tcp" / "results.zarr")
     assert code == 0, err

@@ -104,3 +104,32 @@ def test_raw_film_with_artifacts_runs(tmp_path, capsys):
     ds = load(tmp_path / "o" / "results.nc")
     assert np.isfinite(ds["piezoresponse_clean"].values).all()
     assert (ds["sho_status"].values >= 3).any()  # the artifacts were flagged, not hidden
+
+
+def test_cpu_fits_never_import_torch(raw_file, tmp_path):
+    """A run of sho -> loops on the CPU (numba kernels), and fit_sho / fit_loops called directly,
+    leave torch unloaded: a fresh process shows it (this one has torch loaded)."""
+    import subprocess
+    import sys
+
+    path, _ = raw_file
+    code = f"""
+import sys, warnings
+warnings.simplefilter("ignore")
+from switchscope.io.config import DataConfig
+from switchscope.pipeline import run
+run(None, {str(tmp_path / 'out')!r}, stages=["sho", "project", "clean", "loops"], progress=False,
+    configs={{"data": DataConfig(path={str(path)!r}, select="group=Raw_Data")}}, log=lambda m: None)
+import numpy as np
+from switchscope.sho import fit_sho, sho_response
+from switchscope.loops import fit_loops, paper13
+f = np.linspace(1.30e6, 1.34e6, 32)
+assert fit_sho(sho_response(f, [1.0], [1.32e6], [200.0], [0.3]), f).converged.all()
+v = np.r_[np.linspace(16, -16, 49)[:-1], np.linspace(-16, 16, 49)[:-1]]
+p = [-1, 1, 0.01, 2, 3, 3, 2, 5, 5, 0, 0, -5, 5]
+assert fit_loops(paper13([p, p], v), v, n_clusters=0).r2.min() > 0.999
+print("torch loaded:", "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch loaded: False" in done.stdout, done.stdout[-2000:]

@@ -92,13 +92,18 @@ def check_reachable(spec: SchedulerSpec, timeout: float = CONNECT_TIMEOUT_S) -> 
 
 
 def _one_thread() -> None:
-    """Worker setup: torch on one thread (the cluster's processes are the parallelism), and the
-    per-chunk warnings silenced (the stages warn once from the totals)."""
-    import torch
+    """Worker setup: the kernels on one thread (the cluster's processes are the parallelism:
+    ``OMP_NUM_THREADS``, which :func:`switchscope._device.cpu_threads` and a torch loaded later
+    read, and torch's setting if it is loaded already), and the per-chunk warnings silenced (the
+    stages warn once from the totals)."""
+    import os
+    import sys
 
     from .chunked import quiet_chunks
 
-    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     quiet_chunks()
 
 

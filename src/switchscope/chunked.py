@@ -397,8 +397,6 @@ def _metric_names() -> tuple[str, ...]:
 
 def loops_stage(ds: xr.Dataset, config: Any, ctx: RunContext) -> xr.Dataset:
     """The ``loops`` stage on chunks (same options, results and summary as in process)."""
-    import torch
-
     from .loops._options import default_loop_variable
     from .loops._stage import _device, _summary, missing_piezoresponse
 
@@ -414,7 +412,7 @@ def loops_stage(ds: xr.Dataset, config: Any, ctx: RunContext) -> xr.Dataset:
         ds, channel, config.model, seed=ctx.seed, n_clusters=int(config.n_clusters), max_iter=int(config.max_iter),
         race_iter=None if config.race_iter is None else int(config.race_iter), ftol=float(config.ftol),
         xtol=float(config.xtol), chunk_size=int(config.chunk_size),
-        nucleation_fraction=float(config.nucleation_fraction), dtype=getattr(torch, config.dtype),
+        nucleation_fraction=float(config.nucleation_fraction), dtype=config.dtype,
         device=_device(ctx.device))
     out["loop_fit"].attrs["fitted_variable"] = channel
     out = persist(out, ctx)
@@ -431,7 +429,6 @@ def fit_loops_dataset_chunked(ds: xr.Dataset, config: Any = None) -> xr.Dataset:
     """:func:`switchscope.loops.fit_loops_dataset` chunk by chunk (``switchscope fit-loops`` on a
     Zarr store or with ``--scheduler``): the ``loop_*`` variables lazily, to be written."""
     import dask.array as da
-    import torch
 
     from .loops._options import LoopsConfig, default_loop_variable
     from .loops._stage import missing_piezoresponse
@@ -449,7 +446,7 @@ def fit_loops_dataset_chunked(ds: xr.Dataset, config: Any = None) -> xr.Dataset:
         ds, channel, config.model, n_clusters=int(config.n_clusters), max_iter=int(config.max_iter),
         race_iter=None if config.race_iter is None else int(config.race_iter), ftol=float(config.ftol),
         xtol=float(config.xtol), chunk_size=int(config.chunk_size),
-        nucleation_fraction=float(config.nucleation_fraction), dtype=getattr(torch, config.dtype))
+        nucleation_fraction=float(config.nucleation_fraction), dtype=config.dtype)
     return ds.assign(out.data_vars).assign_coords(param=out["param"])
 
 

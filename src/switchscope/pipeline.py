@@ -65,11 +65,12 @@ def parse_stages(spec: str | None) -> list[str]:
 
 def versions() -> dict[str, str]:
     """Versions of Python and of the libraries whose numbers a result depends on."""
+    from importlib.metadata import version
+
     import h5py
     import numpy
     import scipy
     import sklearn
-    import torch
 
     from . import __version__
 
@@ -81,7 +82,7 @@ def versions() -> dict[str, str]:
         "xarray": xr.__version__,
         "h5py": h5py.__version__,
         "scikit-learn": sklearn.__version__,
-        "torch": torch.__version__,
+        "torch": version("torch"),  # without importing it (a run may never need it)
         "platform": platform.platform(),
     }
 

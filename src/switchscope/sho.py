@@ -27,11 +27,14 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+
+from ._device import cpu_threads, fit_device, float_dtype, inference_mode, is_tensor
 from ._errors import ConfigError, ConvergenceWarning, DataError, DataWarning
 from .fit._lm import (STATUS_CONSTANT, STATUS_FTOL, STATUS_MAXITER, STATUS_NONFINITE,
                       STATUS_TOO_FEW, STATUS_XTOL, levenberg_marquardt)
@@ -143,6 +146,8 @@ class _SHOModel:
         Complex kernels do each complex product in one pass over memory: measured 1.1-1.5x
         faster than the same algebra on separate real and imaginary parts.
         """
+        import torch
+
         n, m = y.shape
         Jc = _scratch(ws, (n, 5, m), y)
         H, E, rho, rc, Qi = _sho_core(q, u, fc, hw, out=Jc[:, 0])
@@ -180,6 +185,8 @@ def _sho_core(q: torch.Tensor, u: torch.Tensor, fc: float, hw: float,
     ``rho - 1 = hw (u - x0) / w0`` is formed directly (no difference of two numbers near 1),
     which keeps float32 accurate: ``rho^2 - 1 = (rho - 1)(rho + 1)``.
     """
+    import torch
+
     t0, x0, t2, ph = (q[:, i:i + 1] for i in range(4))
     Qi = torch.exp(-t2)                         # 1/Q
     w0 = x0 * hw + fc
@@ -193,16 +200,22 @@ def _sho_core(q: torch.Tensor, u: torch.Tensor, fc: float, hw: float,
 
 
 def _to_internal(p: torch.Tensor, s: torch.Tensor, fc: float, hw: float) -> torch.Tensor:
+    import torch
+
     A, w0, Q, ph = p.unbind(1)
     return torch.stack((torch.log(A * Q / s), (w0 - fc) / hw, torch.log(Q), ph), dim=1)
 
 
 def _to_physical(q: torch.Tensor, s: torch.Tensor, fc: float, hw: float) -> torch.Tensor:
+    import torch
+
     t0, x0, t2, ph = q.unbind(1)
     return torch.stack((torch.exp(t0 - t2) * s, x0 * hw + fc, torch.exp(t2), ph), dim=1)
 
 
 def _cost(q, u, fc, hw, y, w):
+    import torch
+
     r = _sho_core(q, u, fc, hw)[0].sub_(y)
     r2 = torch.view_as_real(r).pow(2).sum(2)
     return (r2 if w is None else r2 * w).sum(1)
@@ -225,6 +238,8 @@ def _complex_plane_guess(y, fin, f, fc, hw):
     Returns physical ``(A, w0, Q, phi)`` per spectrum (scaled ``A``) and a validity mask (some
     valid pair, finite, ``w0`` inside the band: BGlib falls back otherwise).
     """
+    import torch
+
     n, m = y.shape
     k = min(_GUESS_POINTS, m)
     mag = torch.where(fin, y.abs(), torch.full_like(y.real, -1.0))
@@ -280,6 +295,8 @@ def _peak_guess(y, fin, f):
     peak minus ``pi/2``, Q from the half-power width (linear interpolation of ``|H|^2`` on each
     side; one side doubled when the other leaves the band; the band's width when both do),
     ``A = |H(peak)| / Q``."""
+    import torch
+
     n, m = y.shape
     p2 = torch.where(fin, y.real**2 + y.imag**2, torch.zeros_like(y.real))
     imax = p2.argmax(1)
@@ -323,6 +340,8 @@ def _peak_guess(y, fin, f):
 
 def _clip_start(P, fmin, fmax, qlo, qhi):
     """A start strictly inside the box (a start on a bound can freeze that parameter)."""
+    import torch
+
     span = fmax - fmin
     A, w0, Q, ph = P.unbind(1)
     A = torch.where(torch.isfinite(A) & (A > 0), A, torch.ones_like(A))
@@ -336,6 +355,8 @@ def _clip_start(P, fmin, fmax, qlo, qhi):
 
 def _guess(yn, fin, f, fc, hw, qb, method: str):
     """Internal start per spectrum and which guess it came from (0 complex-plane, 1 peak)."""
+    import torch
+
     u = (f - fc) / hw
     w = None if bool(fin.all()) else fin.to(yn.real.dtype)
     ones = torch.ones(yn.shape[0], dtype=f.dtype, device=f.device)
@@ -362,7 +383,7 @@ def _guess(yn, fin, f, fc, hw, qb, method: str):
     return torch.where(pick[:, None], cands[1], cands[0]), pick.to(torch.int64)
 
 
-@torch.inference_mode()
+@inference_mode
 def sho_guess(spectra: Any, freq: Any, *, method: Literal["best", "complex", "peak"] = "best",
               q_bounds: tuple[float, float] = Q_BOUNDS) -> np.ndarray:
     """Starting values ``(A, w0, Q, phi)`` of every spectrum (the ones :func:`fit_sho` uses).
@@ -385,6 +406,8 @@ def sho_guess(spectra: Any, freq: Any, *, method: Literal["best", "complex", "pe
     ndarray of shape (..., 4), float64
         NaN for spectra that :func:`fit_sho` would not fit (status 3, 4).
     """
+    import torch
+
     _check_options(torch.float64, 1, 1, None, None, q_bounds, method)
     data, _ = _as_complex(spectra)
     if data.ndim < 1:
@@ -434,8 +457,7 @@ def _check_freq(freq: Any, n_freq: int) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _check_options(dtype, chunk, max_iter, ftol, xtol, q_bounds, guess):
-    if dtype not in (torch.float32, torch.float64):
-        raise ConfigError(f"fit_sho: dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    float_dtype(dtype, "fit_sho")
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ConfigError(f"fit_sho: chunk must be a positive int, got {chunk!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -538,7 +560,7 @@ class SHOFitResult:
 
 
 def _as_complex(spectra: Any) -> tuple[np.ndarray | torch.Tensor, torch.device | None]:
-    if isinstance(spectra, torch.Tensor):
+    if is_tensor(spectra):
         if not spectra.is_complex():
             raise DataError(f"spectra must be complex (got {spectra.dtype}); pass real + 1j * imag")
         return spectra.detach(), spectra.device
@@ -548,8 +570,8 @@ def _as_complex(spectra: Any) -> tuple[np.ndarray | torch.Tensor, torch.device |
     return arr, None
 
 
-@torch.inference_mode()
-def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
+@inference_mode
+def fit_sho(spectra: Any, freq: Any, *, dtype: Any = "float64",
             device: str | torch.device | None = None, chunk: int = 65536, max_iter: int = 50,
             ftol: float | None = None, xtol: float | None = None,
             q_bounds: tuple[float, float] = Q_BOUNDS,
@@ -566,8 +588,9 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
     freq : array of shape (n_freq,)
         Frequencies of the bins (BGlib: Hz; any positive unit, ``w0`` comes back in it). Out of
         order frequencies are sorted (with the spectra's bins); repeated ones are refused.
-    dtype : torch.float32 or torch.float64
-        Float type of the fit (the guess's closed forms always run in float64).
+    dtype : "float64" or "float32"
+        Float type of the fit (also ``torch.float32``, ``numpy.float64``; the guess's closed
+        forms always run in float64).
     device : str or torch.device, optional
         Where to fit; default the device of a torch input, else CPU.
     chunk : int
@@ -587,7 +610,8 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
         peak fallback per spectrum (default), or one of them (``"complex"`` falls back to the
         peak guess where the estimate is unusable, as BGlib does).
     threads : int, optional
-        CPU only: threads of the fit (default ``torch.get_num_threads()``, at most numba's
+        CPU only: threads of the fit (default ``torch.get_num_threads()`` when torch is loaded,
+        else ``OMP_NUM_THREADS`` or the CPUs of the process; at most numba's
         ``NUMBA_NUM_THREADS``). With the numba kernel, numba's threads; with the torch path,
         blocks of 1024 spectra on this many Python threads, each running torch
         single-threaded (small cache-resident blocks side by side are faster than one large
@@ -635,17 +659,16 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
         raise DataError("spectra must have a frequency axis, shape (..., n_freq)")
     f_np, order = _check_freq(freq, n_freq)
     n = int(np.prod(shape)) if shape else 1
-    dev = torch.device(device) if device is not None else (in_device or torch.device("cpu"))
-    if backend == "numba" and dev.type != "cpu":
+    cpu, dev = fit_device(device, in_device)
+    if backend == "numba" and not cpu:
         raise ConfigError(f"fit_sho: backend='numba' runs on the CPU only, got device {dev}; "
                           "pass backend='torch' or device='cpu'")
-    use_numba = dev.type == "cpu" and backend != "torch"
-    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-    tt = {"dtype": dtype, "device": dev}
+    use_numba = cpu and backend != "torch"
+    double = float_dtype(dtype, "fit_sho") == "float64"
     if ftol is None:
-        ftol = 1e-8 if dtype == torch.float64 else 1e-5
+        ftol = 1e-8 if double else 1e-5
     if xtol is None:
-        xtol = 1e-8 if dtype == torch.float64 else 1e-5
+        xtol = 1e-8 if double else 1e-5
     flat = data.reshape(n, n_freq)
 
     params = np.full((n, 4), np.nan)
@@ -657,10 +680,14 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
     source = np.full(n, -1, dtype=np.int64)
     if n_freq >= 3 and n and use_numba:
         _fit_numba(flat, f_np, order, chunk, max_iter, ftol, xtol, q_bounds, guess,
-                   1e-9 if dtype == torch.float64 else 1e-5,
-                   torch.get_num_threads() if threads is None else threads,
+                   1e-9 if double else 1e-5, cpu_threads() if threads is None else threads,
                    (params, stderr, r2, status, n_iter, starts, source))
     elif n_freq >= 3 and n:
+        import torch
+
+        dev = dev if dev is not None else torch.device("cpu")
+        tt = {"dtype": torch.float64 if double else torch.float32, "device": dev}
+        cdtype = torch.complex128 if double else torch.complex64
         fmin, fmax = float(f_np[0]), float(f_np[-1])
         fc, hw = 0.5 * (fmin + fmax), 0.5 * (fmax - fmin)
         f_t = torch.as_tensor(f_np, **tt)
@@ -669,9 +696,8 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: torch.dtype = torch.float64,
         lo = torch.tensor([-math.inf, -1.0, math.log(qb[0]), -math.inf], **tt)
         hi = torch.tensor([math.inf, 1.0, math.log(qb[1]), math.inf], **tt)
         lm = {"max_iter": max_iter, "ftol": ftol, "xtol": xtol}
-        cpu = dev.type == "cpu"
         block = _CPU_BLOCK if cpu else chunk
-        workers = (torch.get_num_threads() if threads is None else threads) if cpu else 1
+        workers = (cpu_threads() if threads is None else threads) if cpu else 1
         outs = (params, stderr, r2, status, n_iter, starts, source)
 
         def run(a: int, y: torch.Tensor) -> None:
@@ -734,6 +760,8 @@ def _fit_numba(flat, f_np, order, chunk, max_iter, ftol, xtol, q_bounds, guess, 
 
 def _triage(y: torch.Tensor):
     """Finite mask, each spectrum's scale ``max |y|`` and its status (-1: to fit, 3, 4)."""
+    import torch
+
     fin = torch.isfinite(y.real) & torch.isfinite(y.imag)
     nfin = fin.sum(1)
     yz = torch.where(fin, y, torch.zeros_like(y))
@@ -750,6 +778,8 @@ def _triage(y: torch.Tensor):
 @contextlib.contextmanager
 def _single_threaded_ops(on: bool):
     """torch's intra-op threads set to 1 for the duration (restored after)."""
+    import torch
+
     if not on:
         yield
         return
@@ -761,10 +791,12 @@ def _single_threaded_ops(on: bool):
         torch.set_num_threads(before)
 
 
-@torch.inference_mode()     # worker threads do not inherit the caller's mode
+@inference_mode     # worker threads do not inherit the caller's mode
 def _fit_block(y, f, u, fc, hw, qb, lo, hi, lm, guess):
     """Triage, guess, LM fit and quality of one block of spectra ``y`` (n, n_freq) complex;
     numpy arrays of the results."""
+    import torch
+
     nb, m = y.shape
     dtype = f.dtype
     fin, s, st = _triage(y)
@@ -809,6 +841,8 @@ def _fit_block(y, f, u, fc, hw, qb, lo, hi, lm, guess):
 
 def _quality(q, u, fc, hw, yn, fin, wt):
     """R² over the finite bins and the standard errors of ``(A, w0, Q, phi)`` (float64)."""
+    import torch
+
     sse, A, _ = _SHOModel.normal(q, u, fc, hw, yn, wt)
     fz = fin.to(yn.real.dtype)
     nf = fz.sum(1)

@@ -112,17 +112,13 @@ def check_spectra(ds: xr.Dataset) -> None:
 
 
 def _device(ctx: RunContext) -> str:
-    import torch
+    from ._device import resolve_device
 
-    if ctx.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return ctx.device
+    return resolve_device(ctx.device)
 
 
 def sho_stage(ds: xr.Dataset, config: SHOConfig, ctx: RunContext) -> xr.Dataset:
     """Fit every spectrum; add the SHO maps per step and ``ctx.summary["sho"]``."""
-    import torch
-
     from .sho import fit_sho
 
     if not needs_sho(ds):
@@ -132,7 +128,7 @@ def sho_stage(ds: xr.Dataset, config: SHOConfig, ctx: RunContext) -> xr.Dataset:
     da = ds["spectrum"].transpose("row", "col", "step", "freq")
     hz = _FREQ_SCALE[str(ds["freq"].attrs.get("units", "Hz")).strip().lower()]
     freq_khz = np.asarray(ds["freq"].values, dtype=float) * hz / 1e3
-    res = fit_sho(da.values, freq_khz, dtype=torch.float32 if config.dtype == "float32" else torch.float64,
+    res = fit_sho(da.values, freq_khz, dtype=config.dtype,
                   device=_device(ctx), chunk=int(config.chunk), max_iter=int(config.max_iter),
                   q_bounds=(float(config.q_min), float(config.q_max)), guess=config.guess)
     dims = ("row", "col", "step")

@@ -21,8 +21,10 @@ problem's sum of squares. On the 3600 real loops the active set cuts the mean it
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 #: Status codes the engine sets (the fitters add their own "not fitted" codes 3 and 4 and
 #: document all of them on their result objects).
@@ -91,6 +93,8 @@ def levenberg_marquardt(model, p0: torch.Tensor, y: torch.Tensor, w: torch.Tenso
     state : dict
         Only with ``return_state=True``.
     """
+    import torch
+
     n, P = p0.shape
     dtype, device = p0.dtype, p0.device
     eye = torch.eye(P, dtype=dtype, device=device)

@@ -51,12 +51,14 @@ _JIT_SUM = dict(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"},
 
 @contextlib.contextmanager
 def numba_threads():
-    """Numba's kernels run with as many threads as torch is set to (restored after)."""
+    """Numba's kernels run with :func:`switchscope._device.cpu_threads` threads (torch's setting
+    when torch is loaded; restored after)."""
     import numba
-    import torch
+
+    from .._device import cpu_threads
 
     before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(cpu_threads(), numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:

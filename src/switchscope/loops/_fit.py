@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 import xarray as xr
 
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+
 from .._dataset import check_voltage
+from .._device import fit_device, float_dtype, inference_mode, is_tensor
 from .._errors import ConfigError, ConvergenceWarning, DataError, DataWarning
 from .._grid import GRID_DIMS, flatten, unflatten
 from ._lm import (LAM0, STATUS_CONSTANT, STATUS_MAXITER, STATUS_MESSAGES, STATUS_NONFINITE,
@@ -204,7 +207,7 @@ def _resolve_input(data: Any, voltage: Any, channel: str | None):
         if voltage is None and "voltage" in data.coords:
             voltage = data["voltage"].values
     else:
-        if isinstance(data, torch.Tensor):
+        if is_tensor(data):
             device = data.device
             data = data.detach().cpu().numpy()
         X, grid = flatten(np.asarray(data))
@@ -279,6 +282,8 @@ def _kmeans_priors(model: LoopModel, Yn: np.ndarray, v: np.ndarray, desc: np.nda
         cp = _numba_priors(model, starts, np.ascontiguousarray(cent[:, order]), v, desc,
                            lower, upper, lm_kwargs)
         return _inside(cp[labels], lower, upper)
+    import torch
+
     yt = torch.as_tensor(cent[:, order], **tt)
     p, cost, _, _ = levenberg_marquardt(
         model, torch.as_tensor(starts.reshape(-1, model.n_params), **tt), yt,
@@ -320,6 +325,8 @@ def _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, n_iter, sta
     call on the same rows) lets the problems go on with the damping and normal equations they
     had reached; the state at the end is returned with the results.
     """
+    import torch
+
     parts = [levenberg_marquardt(mdl, p0[u:u + _RACE_BATCH], yt, wl, pix[u:u + _RACE_BATCH],
                                  vd, va, lo_t, hi_t, **{**lm_kwargs, "max_iter": n_iter},
                                  state=_take_state(state, slice(u, u + _RACE_BATCH)),
@@ -339,6 +346,8 @@ def _race_dtype(dtype: torch.dtype) -> torch.dtype:
     float32 halves the memory traffic of the Jacobian blocks and doubles the width of the
     vectorized erf and exp.
     """
+    import torch
+
     return torch.float32 if dtype == torch.float64 else dtype
 
 
@@ -357,6 +366,8 @@ def _race(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, race: int):
     n_iter, state`` per start (pruned starts keep their early values, so they lose the choice;
     ``state`` lets the winners go on where the race left them).
     """
+    import torch
+
     first = min(_PRUNE_ITER, race)
     p, cost, st, it, state = _lm_batched(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs,
                                          first)
@@ -376,11 +387,11 @@ def _race(mdl, p0, yt, wl, pix, vd, va, lo_t, hi_t, lm_kwargs, race: int):
 
 # no autograd bookkeeping for the thousands of small tensor ops of the fit (results are numpy);
 # the decorator adds a frame, hence stacklevel=3 on the warnings below
-@torch.inference_mode()
+@inference_mode
 def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "paper13", *,
               channel: str | None = None, n_clusters: int = 8, max_iter: int = 100,
               ftol: float = 1e-5, xtol: float = 1e-7, race_iter: int | None = None, chunk_size: int = 4096,
-              nucleation_fraction: float = 0.03, dtype: torch.dtype = torch.float64,
+              nucleation_fraction: float = 0.03, dtype: Any = "float64",
               device: str | torch.device | None = None, seed: int = 0,
               backend: Literal["auto", "numba", "torch"] = "auto", priors: Any = None) -> LoopFitResult:
     """Fit a hysteresis-loop model to every pixel at once (batched Levenberg-Marquardt).
@@ -415,8 +426,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         a few kB per thread).
     nucleation_fraction : float
         Change of the response, as a fraction of the loop height, that marks nucleation.
-    dtype : torch.dtype
-        Float type of the torch path's fit (float64 by default). With float64, the race of the
+    dtype : "float64" or "float32"
+        Float type of the torch path's fit (also ``torch.float32``, ``numpy.float64``). With float64, the race of the
         starts runs in float32 (it only picks each pixel's start) and its winners are iterated
         in float64 (unless ``max_iter`` leaves no iterations after the race: then all in
         float64). The numba kernel always computes in float64.
@@ -456,8 +467,8 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         raise ConfigError(f"fit_loops: backend must be one of auto, numba, torch, got {backend!r}")
     X, grid, v, units, in_device = _resolve_input(data, voltage, channel)
     desc = sweep_masks(v)
-    dev = torch.device(device) if device is not None else (in_device or torch.device("cpu"))
-    if backend == "numba" and dev.type != "cpu":
+    cpu, dev = fit_device(device, in_device)
+    if backend == "numba" and not cpu:
         raise ConfigError(f"fit_loops: backend='numba' runs on the CPU only, got device {dev}; "
                           "pass backend='torch' or device='cpu'")
     if backend == "numba" and mdl.name not in _NUMBA_MODELS:
@@ -465,9 +476,14 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
                           f"got {mdl.name!r}; pass backend='torch'")
     # "auto": the numba kernel on the CPU, where it measured 3-5x faster than torch
     # (docs/benchmarks.md, loops); torch on other devices and for models it does not implement
-    use_numba = backend == "numba" or (backend == "auto" and dev.type == "cpu"
-                                       and mdl.name in _NUMBA_MODELS)
-    tt = {"dtype": dtype, "device": dev}
+    use_numba = backend == "numba" or (backend == "auto" and cpu and mdl.name in _NUMBA_MODELS)
+    dtype = float_dtype(dtype, "fit_loops")
+    if use_numba:
+        tt = None
+    else:
+        import torch
+
+        tt = {"dtype": getattr(torch, dtype), "device": dev if dev is not None else torch.device("cpu")}
     n, m = X.shape
     P = mdl.n_params
     lower, upper = mdl.bounds(v)
@@ -500,9 +516,9 @@ def fit_loops(data: Any, voltage: Any = None, model: ModelName | LoopModel = "pa
         if use_numba:
             best_p, best_st, best_it, r2[fitted], stderr[fitted] = _fit_numba(
                 mdl, S, Yn, Wn, v, desc, lower, upper, lm_kwargs, race, max_iter, chunk_size)
-        geometry = {"vd": torch.as_tensor(v[desc], **tt), "va": torch.as_tensor(v[~desc], **tt),
-                    "lo": torch.as_tensor(lower, **tt), "hi": torch.as_tensor(upper, **tt)}
         if not use_numba:
+            geometry = {"vd": torch.as_tensor(v[desc], **tt), "va": torch.as_tensor(v[~desc], **tt),
+                        "lo": torch.as_tensor(lower, **tt), "hi": torch.as_tensor(upper, **tt)}
             best_p = np.empty((fitted.size, P))
             best_st = np.empty(fitted.size, dtype=np.int64)
             best_it = np.empty(fitted.size, dtype=np.int64)
@@ -592,6 +608,8 @@ def _fit_chunk(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, ge
     """Fit one chunk of pixels (normalized, steps in model order) from their starts ``S``:
     race the starts, go on with each pixel's winner, then R² and standard errors at the result.
     Returns ``(params, status, n_iter, r2, stderr)`` as numpy arrays."""
+    import torch
+
     dtype, dev = tt["dtype"], tt["device"]
     vd, va, lo_t, hi_t = geometry["vd"], geometry["va"], geometry["lo"], geometry["hi"]
     nb, K, P = S.shape
@@ -636,6 +654,8 @@ def _fit_chunk(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, ge
 def _quality(mdl: LoopModel, p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, yt: torch.Tensor,
              wt: torch.Tensor, wl: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
     """R² and standard errors (from the Gauss-Newton covariance) at ``p``, in normalized units."""
+    import torch
+
     P = p.shape[1]
     order_t = torch.as_tensor(mdl.block_order, device=p.device)
     sse, A, _ = mdl.normal(p[:, order_t], vd, va, yt, wl)

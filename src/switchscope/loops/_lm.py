@@ -6,7 +6,10 @@ signature (the voltages of the two sweeps as explicit arguments) and the loops' 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 from ..fit._lm import (LAM0, STATUS_CONSTANT, STATUS_FTOL, STATUS_MAXITER, STATUS_NONFINITE,
                        STATUS_TOO_FEW, STATUS_XTOL)

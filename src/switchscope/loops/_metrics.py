@@ -12,7 +12,6 @@ region between the two fitted branches over the measured voltage range.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .._errors import ConfigError
 from ._models import LoopModel
@@ -89,6 +88,8 @@ def loop_metrics(model: LoopModel, params: np.ndarray, voltage: np.ndarray, *,
                               nucleation_fraction=nucleation_fraction, n_grid=n_grid)
                  for a in range(0, params.shape[0], _CHUNK)]
         return {k: np.concatenate([d[k] for d in parts]) for k in parts[0]}
+    import torch
+
     p = torch.as_tensor(params)
     v = np.asarray(voltage, dtype=float)
     vmin, vmax = float(v.min()), float(v.max())

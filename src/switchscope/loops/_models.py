@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 from .._errors import ConfigError
 from ..waveform import check_bipolar, descending_steps
@@ -35,6 +37,8 @@ def _exp_cut(dtype: torch.dtype) -> float:
     ~1e-304 in float64 and ~9e-27 in float32 (far enough above float32's smallest normal that
     the products with the other factors stay normal too), nothing next to the other terms.
     """
+    import torch
+
     return 700.0 if dtype == torch.float64 else 60.0
 
 
@@ -70,6 +74,8 @@ def sweep_masks(voltage: np.ndarray) -> np.ndarray:
 
 def _erf_gauss(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``erf(z)`` and its derivative ``2/sqrt(pi) exp(-z^2)``."""
+    import torch
+
     return torch.erf(z), _TWO_OVER_SQRT_PI * torch.exp(-z * z)
 
 
@@ -136,6 +142,8 @@ class LoopModel:
     def evaluate(self, p: torch.Tensor, voltage: torch.Tensor, descending: torch.Tensor,
                  jac: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The model in step order: ``f (n, n_steps)`` and ``J (n, n_steps, n_params)``."""
+        import torch
+
         v = voltage.to(p.dtype)
         desc = descending.to(torch.bool)
         order = torch.cat((torch.nonzero(desc)[:, 0], torch.nonzero(~desc)[:, 0]))
@@ -149,6 +157,8 @@ class LoopModel:
         return f, J
 
     def _evaluate_numpy(self, params, voltage, descending, jac: bool) -> np.ndarray:
+        import torch
+
         v = np.asarray(voltage, dtype=float).ravel()
         d = sweep_masks(v) if descending is None else np.asarray(descending, dtype=bool)
         p = torch.as_tensor(np.atleast_2d(np.asarray(params, dtype=float)))
@@ -236,6 +246,8 @@ def _paper13_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: boo
     branch is ``(a1+a2)/2 + (a2-a1)/2 erf((V-Au)/S1) + a3 V``, the ascending branch the same with
     ``Al`` and ``S2`` (Agar et al., Nat. Commun. 10, 4809 (2019), Methods).
     """
+    import torch
+
     a1, a2, a3, b1, b2, b3, b4, b5, b6, b7, b8, au, al = (p[:, i:i + 1] for i in range(13))
     md = vd.shape[0]
     w1 = (vd - b7) / b5
@@ -310,6 +322,8 @@ def _branch_normal(j_parts, w: torch.Tensor | None, md: int, n_common: int):
     The normal matrix is assembled in the block order (shared, descending-own, ascending-own)
     without ever forming the zero blocks of ``J``.
     """
+    import torch
+
     grams = []
     for b, J in enumerate(j_parts):
         if w is not None:
@@ -341,6 +355,8 @@ def _paper13_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torc
     ``p`` is in block order (:data:`_PAPER13_BLOCKS`). The Jacobian rows are written straight
     into one preallocated block per branch (``out=``), which avoids a stacking copy per row.
     """
+    import torch
+
     a1, a2, a3, b1, b2, b5, b7, au, b3, b4, b6, b8, al = p[:, :, None].unbind(1)
     h = 0.5 * (a2 - a1)
     c0 = 0.5 * (a1 + a2)
@@ -423,6 +439,8 @@ def _bglib9_branch(v, a0, a1, vc, a4, w_lo, w_hi, jac: bool):
     ``g = (w_hi - w_lo)/2 (erf(d (V - vc)) + 1) + w_lo``,
     ``y = (g erf((V - vc)/g) + w_lo) / (w_lo + w_hi)``, ``f = a0 + a1 y + a4 V``.
     """
+    import torch
+
     x = v - vc
     ed = torch.erf(BGLIB9_D * x)
     g = 0.5 * (w_hi - w_lo) * (ed + 1.0) + w_lo
@@ -451,6 +469,8 @@ def _bglib9_split(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, jac: bool
     ``a2``) and ``b1`` (above), the ascending branch at ``a3`` with widths ``b2``, ``b3``; both
     share the level ``a0``, the amplitude ``a1`` and the slope ``a4``. BGlib splits the waveform
     into halves by position; here the branches are chosen by the sweep direction."""
+    import torch
+
     a0, a1, a2, a3, a4, b0, b1, b2, b3 = (p[:, i:i + 1] for i in range(9))
     md = vd.shape[0]
     f1, j1 = _bglib9_branch(vd, a0, a1, a2, a4, b0, b1, jac)
@@ -483,6 +503,8 @@ def _bglib9_normal(p: torch.Tensor, vd: torch.Tensor, va: torch.Tensor, y: torch
                    w: torch.Tensor | None, ws: dict | None = None):
     """:attr:`LoopModel.normal` of bglib9 (same formulas as :func:`_bglib9_split`); ``p`` in
     block order (:data:`_BGLIB9_BLOCKS`)."""
+    import torch
+
     a0, a1, a4, a2, b0, b1, a3, b2, b3 = p[:, :, None].unbind(1)
     n, md = p.shape[0], vd.shape[0]
     cut = _exp_cut(p.dtype)

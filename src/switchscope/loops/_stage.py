@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 import xarray as xr
 
 from .._context import RunContext
@@ -16,9 +15,9 @@ from ._options import NOT_LOOPS, LoopsConfig, check_loop_channel, default_loop_v
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    from .._device import resolve_device
+
+    return resolve_device(name)
 
 
 def run_fit(ds: xr.Dataset, config: LoopsConfig, *, device: str | None = None,
@@ -39,7 +38,7 @@ def run_fit(ds: xr.Dataset, config: LoopsConfig, *, device: str | None = None,
                      ftol=float(config.ftol), xtol=float(config.xtol),
                      chunk_size=int(config.chunk_size),
                      nucleation_fraction=float(config.nucleation_fraction),
-                     dtype=getattr(torch, config.dtype), device=device, seed=seed)
+                     dtype=config.dtype, device=device, seed=seed)
 
 
 def missing_piezoresponse(ds: xr.Dataset) -> str:
