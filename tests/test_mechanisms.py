@@ -53,6 +53,26 @@ def test_two_step_fit_recovers_plateau_and_width_of_a_closed_form_loop(w, d):
         assert f["c_rising"][0] == pytest.approx(6.0, abs=0.02)
 
 
+def test_two_step_fit_leaves_pixels_without_data_out_and_stays_in_its_bounds():
+    import sys
+
+    from switchscope.mechanisms import two_step_fit
+
+    loops = np.concatenate([_tilted(np.array([1.0, 0.3, 6.0]), np.array([3.0, 0.0, 0.0])),
+                            np.full((1, V.size), np.nan), np.ones((1, V.size))])
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    f = two_step_fit(V, loops)
+    assert np.isnan([f[k][3] for k in f]).all()  # no finite point: NaN, the others unaffected
+    assert np.sqrt(f["d2"][0]) == pytest.approx(3.0, abs=0.03) and f["w"][0] == pytest.approx(1.0, rel=0.01)
+    assert f["w"][1] == pytest.approx(0.3, rel=0.02)
+    ok = np.isfinite(f["w"])
+    assert np.all((f["w"][ok] >= 0.2) & (f["w"][ok] <= 15.0))
+    assert np.all((f["d2"][ok] >= -0.16) & (f["d2"][ok] <= 400.0))
+    if threads is not None:  # the fit's single intra-op thread is the caller's setting again
+        assert sys.modules["torch"].get_num_threads() == threads
+
+
 def test_three_state_is_the_plateau_beyond_one_step_width():
     w = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 0.8])
     d = np.array([0.0, 0.8, 2.0, 4.0, 3.0, 6.0])
