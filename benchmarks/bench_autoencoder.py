@@ -76,30 +76,40 @@ def split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val:])
 
 
-def curve_figures(curve: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+def curve_figures(curve: list[dict[str, Any]], target: float | None, ramp_epochs: float = 0.0) -> dict[str, Any]:
     """Time to ``target``, the largest rebound above the best so far, and where early stopping
-    (patience :data:`PATIENCE`) would stop, from a curve of ``val_mse`` per epoch."""
+    (patience :data:`PATIENCE`) would stop, from a curve of ``val_mse`` per epoch: counting every
+    epoch (``early_stop``), and as the trainer counts, only the epochs that end after the L1
+    ramp, the first ``ramp_epochs`` (``early_stop_after_ramp``)."""
     vals = [c["val_mse"] for c in curve if c["val_mse"] != ""]
     if not vals:
         return {}
     hit = next((c for c in curve if target is not None and c["val_mse"] != "" and c["val_mse"] <= target), None)
     best, rebound, skip = math.inf, 0.0, len(vals) // 4  # the first quarter (warm-up) is not judged
-    stop, bad = None, 0
+    stop, bad, stop_r, bad_r = None, 0, None, 0
     for i, v in enumerate(vals):
         if i >= skip and best < math.inf:
             rebound = max(rebound, v / best - 1)
         if v < best:
-            best, bad = v, 0
+            best, bad, bad_r = v, 0, 0
         else:
             bad += 1
             if stop is None and bad >= PATIENCE:
                 stop = i
+            if i + 1 >= ramp_epochs:
+                bad_r += 1
+                if stop_r is None and bad_r >= PATIENCE:
+                    stop_r = i
     at = stop if stop is not None else len(vals) - 1
+    at_r = stop_r if stop_r is not None else len(vals) - 1
     return {"target_val_mse": target,
             "to_published": None if hit is None else {k: hit[k] for k in ("epoch", "seconds", "cpu_seconds")},
             "max_rebound": rebound,
             "early_stop": {"patience": PATIENCE, "stopped": stop is not None, "epoch": at,
-                           "best_val_mse_then": min(vals[:at + 1]), "best_val_mse_full_run": min(vals)}}
+                           "best_val_mse_then": min(vals[:at + 1]), "best_val_mse_full_run": min(vals)},
+            "early_stop_after_ramp": {"patience": PATIENCE, "ramp_epochs": ramp_epochs, "stopped": stop_r is not None,
+                                      "epoch": at_r, "best_val_mse_then": min(vals[:at_r + 1]),
+                                      "best_val_mse_full_run": min(vals)}}
 
 
 def train_one(name: str, X: np.ndarray, channel: str, cfg: Any, val: np.ndarray,
@@ -136,7 +146,7 @@ def train_one(name: str, X: np.ndarray, channel: str, cfg: Any, val: np.ndarray,
         "seconds_per_epoch": ae.history_[-1]["seconds"] / max(ae.n_epochs_, 1),
         "cpu_seconds_per_epoch": curve[-1]["cpu_seconds"] / max(ae.n_epochs_, 1),
         "load_average": {"before": load, "after": os.getloadavg()},
-        **curve_figures(curve, target),
+        **curve_figures(curve, target, cfg.l1_warmup * cfg.epochs if cfg.l1_warmup else 0.0),
         "curve": curve,
     }
 
@@ -240,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                 print("    published MSE reached: " + (f"epoch {hit['epoch']}, {hit['cpu_seconds']:.0f} CPU s, "
                                                        f"{hit['seconds']:.0f} s wall" if hit else "no")
                       + f"; largest rebound above the best so far {100 * r.get('max_rebound', 0):.0f} %")
+                for key_es, label in (("early_stop", "every epoch"), ("early_stop_after_ramp", "after the L1 ramp")):
+                    es = r.get(key_es)
+                    if es:
+                        print(f"    early stop (patience {es['patience']}, counting {label}): "
+                              + (f"epoch {es['epoch']}, best val MSE then {es['best_val_mse_then']:.5f}"
+                                 if es["stopped"] else "never")
+                              + f" (full run {es['best_val_mse_full_run']:.5f})")
                 marks = [c for c in r["curve"] if c["val_mse"] != ""]
                 shown = sorted({max(0, min(len(marks) - 1, round(f * len(marks)) - 1)) for f in (0.1, 0.25, 0.5, 1.0)})
                 for i in shown if marks else []:

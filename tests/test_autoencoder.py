@@ -392,6 +392,39 @@ def test_weight_average_is_what_is_validated_and_kept():
         AutoencoderConfig(ema=1.0)
 
 
+def test_bfloat16_training_steps_learn_and_keep_float32_weights(monkeypatch):
+    from switchscope.autoencoder import train as tr
+
+    X = toy(n=160)
+    cfg = dict(epochs=12, l1=0.0, dropout=0.0, schedule="constant", hidden=12)
+    fp32 = Autoencoder(tiny(**cfg)).fit(X)
+    bf16 = Autoencoder(tiny(precision="bfloat16", **cfg)).fit(X)
+    # other arithmetic, same learning: the losses differ but fall as far
+    assert [h["loss"] for h in bf16.history_] != [h["loss"] for h in fp32.history_]
+    assert bf16.history_[-1]["mse"] < 0.5 * bf16.history_[0]["mse"]
+    assert bf16.history_[-1]["val_mse"] < 1.5 * fp32.history_[-1]["val_mse"]
+    assert all(v.dtype == torch.float32 for v in bf16.model_.state_dict().values() if v.is_floating_point())
+    assert bf16.reconstruct(X).dtype == X.dtype
+    # the decoder refinement's steps run in bfloat16 too; it still never makes the decoder worse
+    bf16.refine(X, 2)
+    h = bf16.refine_history_
+    val = bf16.val_index_
+    got = np.mean((bf16.reconstruct(X)[val] - X[val]) ** 2)
+    assert len(h) == 3 and got == pytest.approx(min(r["val_mse"] for r in h), rel=1e-4)
+    # reproducible, and "auto" follows what oneDNN reports about the CPU (never a GPU)
+    again = Autoencoder(tiny(precision="bfloat16", **cfg)).fit(X)
+    assert [h["loss"] for h in again.history_] == [h["loss"] for h in bf16.history_]
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert tr._autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert tr._autocast_dtype("auto", cpu) is torch.bfloat16
+    assert tr._autocast_dtype("auto", torch.device("cuda")) is None
+    assert tr._autocast_dtype("float32", cpu) is None
+    with pytest.raises(ConfigError, match="precision"):
+        AutoencoderConfig(precision="float16")
+
+
 def test_wall_clock_budget_stops_training():
     X = toy(n=100)
     with warnings.catch_warnings():
@@ -402,10 +435,26 @@ def test_wall_clock_budget_stops_training():
     assert ae.history_[-1]["seconds"] < 1.5 * 1.5 + 1.0
 
 
-def test_early_stopping_by_patience():
+def test_early_stopping_by_patience(monkeypatch):
     X = toy(n=60)
     ae = Autoencoder(tiny(epochs=200, lr=1e-9, patience=2, schedule="constant")).fit(X)
     assert ae.stop_reason_ == "patience" and ae.n_epochs_ < 200
+    # epochs inside the L1 ramp do not count: a validation loss that only rises stops a run
+    # without a ramp after 1 + patience epochs; with the ramp over the first 10 of 20 epochs the
+    # counter starts at epoch 9 (the first to end at 50 % of the run)
+    from switchscope.autoencoder import train as tr
+
+    calls = []
+    monkeypatch.setattr(tr, "_evaluate", lambda *a, **k: (calls.append(1) or float(len(calls)), 0.0))
+    cfg = dict(epochs=20, patience=2, l1=0.1)
+    plain = Autoencoder(tiny(l1_warmup=0.0, **cfg)).fit(X)
+    assert plain.stop_reason_ == "patience" and plain.n_epochs_ == 3 and plain.best_epoch_ == 0
+    calls.clear()
+    ramped = Autoencoder(tiny(l1_warmup=0.5, **cfg)).fit(X)
+    assert ramped.stop_reason_ == "patience" and ramped.n_epochs_ == 11 and ramped.best_epoch_ == 0
+    calls.clear()
+    no_l1 = Autoencoder(tiny(l1_warmup=0.5, **{**cfg, "l1": 0.0})).fit(X)  # no penalty, no ramp
+    assert no_l1.n_epochs_ == 3
 
 
 def test_embedding_history_frames_are_the_checkpoint_embeddings(tmp_path):
