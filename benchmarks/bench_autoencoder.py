@@ -17,9 +17,10 @@ CPU time (``time.process_time``: all threads of the process, which a busy shared
 less than the wall clock), the first epoch whose held-out MSE is at or below the published
 network's (``to_published``: epoch, wall and CPU seconds), how far the curve climbs back above its
 best so far after the first quarter of the epochs (``max_rebound``), where early stopping with a
-patience of 10 epochs would have stopped, the number of active embedding neurons (> 1e-6 on at
-least 0.1 % of the pixels), epochs, seconds. The machine's load average is recorded before and
-after.
+patience of 10 epochs would have stopped (``early_stop``: counting every epoch;
+``early_stop_after_ramp``: as the trainer counts, only epochs after the L1 ramp), the number of
+active embedding neurons (> 1e-6 on at least 0.1 % of the pixels), epochs, seconds. The
+machine's load average is recorded before and after.
 Results go to ``benchmarks/results/autoencoder.json`` (one entry per channel, merged with what is
 there); a summary is printed.
 
@@ -27,6 +28,7 @@ Usage::
 
     python benchmarks/bench_autoencoder.py --channel both --baseline-minutes 0 --no-published
     python benchmarks/bench_autoencoder.py --channel resonance --minutes 10 --baseline-minutes 10
+    python benchmarks/bench_autoencoder.py --epoch-cost --out benchmarks/results/autoencoder_bf16.json
 """
 
 from __future__ import annotations
@@ -151,6 +153,46 @@ def train_one(name: str, X: np.ndarray, channel: str, cfg: Any, val: np.ndarray,
     }
 
 
+def epoch_cost(batches: list[int], hiddens: list[int], steps: int = 20) -> list[dict[str, Any]]:
+    """CPU seconds per epoch of 3240 resonance loops (one thread): forward, backward and Adam steps of
+    the ``fast`` network (one bidirectional layer, 4 phase harmonics, centered), float32 and under
+    bfloat16 autocast (the trainer's ``precision``), for each batch size and width; ``steps`` timed
+    batches after 3 warm-up ones, scaled to an epoch."""
+    from switchscope.autoencoder.model import SparseLSTMAutoencoder
+
+    torch.set_num_threads(1)
+    X = torch.as_tensor(load_loops("resonance")[:3240], dtype=torch.float32)
+    rows = []
+    for hidden in hiddens:
+        for bs in batches:
+            for precision in ("float32", "bfloat16"):
+                torch.manual_seed(0)
+                m = SparseLSTMAutoencoder(hidden, 1, 16, 0.0, 0.1, 4)
+                m.set_offset(X.mean(0))
+                opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+
+                def run(n: int) -> None:
+                    for b in range(n):
+                        lo = (b * bs) % (len(X) - bs + 1)
+                        xb = X[lo:lo + bs]
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                            rec, z = m(xb)
+                        loss = torch.mean((rec.float() - xb) ** 2) + 0.1 * z.float().abs().sum() / len(xb)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                        opt.step()
+
+                run(3)
+                c = time.process_time()
+                run(steps)
+                per_epoch = (time.process_time() - c) / steps * math.ceil(len(X) / bs)
+                rows.append({"hidden": hidden, "batch_size": bs, "precision": precision,
+                             "cpu_seconds_per_epoch": per_epoch, "load_average": os.getloadavg()[0]})
+                print(f"hidden {hidden:3d}, batch {bs:4d}, {precision:8s}: {per_epoch:.2f} CPU s per epoch", flush=True)
+    return rows
+
+
 def published(X: np.ndarray, channel: str, val: np.ndarray) -> dict[str, Any]:
     from switchscope.autoencoder import active_neurons
 
@@ -188,7 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-published", action="store_true",
                     help="keep the published networks' figures already in --out instead of recomputing them "
                          "(their inference takes minutes on a busy CPU)")
+    ap.add_argument("--epoch-cost", action="store_true",
+                    help="only measure CPU seconds per training epoch against batch size, width and precision "
+                         "(written to the --out file's 'epoch_cost' key) and exit")
     args = ap.parse_args(argv)
+    if args.epoch_cost:
+        rows = epoch_cost([32, 64, 128, 256, 512], [32]) + epoch_cost([64], [16, 48, 64])
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
+        results["epoch_cost"] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                             "torch": torch.__version__},
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+        return 0
 
     from switchscope.autoencoder import AutoencoderConfig
 
