@@ -107,8 +107,9 @@ def test_raw_film_with_artifacts_runs(tmp_path, capsys):
 
 
 def test_cpu_fits_never_import_torch(raw_file, tmp_path):
-    """A run of sho -> loops on the CPU (numba kernels), and fit_sho / fit_loops called directly,
-    leave torch unloaded: a fresh process shows it (this one has torch loaded)."""
+    """``switchscope run`` of sho -> loops on the CPU (numba kernels; every stage's options read),
+    and fit_sho / fit_loops called directly, leave torch unloaded: a fresh process shows it (this
+    one has torch loaded)."""
     import subprocess
     import sys
 
@@ -116,10 +117,10 @@ def test_cpu_fits_never_import_torch(raw_file, tmp_path):
     code = f"""
 import sys, warnings
 warnings.simplefilter("ignore")
-from switchscope.io.config import DataConfig
-from switchscope.pipeline import run
-run(None, {str(tmp_path / 'out')!r}, stages=["sho", "project", "clean", "loops"], progress=False,
-    configs={{"data": DataConfig(path={str(path)!r}, select="group=Raw_Data")}}, log=lambda m: None)
+from switchscope.cli import main
+rc = main(["run", "--data", {str(path)!r}, "--select", "group=Raw_Data", "--stages",
+           "sho,project,clean,loops", "--out", {str(tmp_path / 'out')!r}, "--no-progress"])
+assert rc == 0, rc
 import numpy as np
 from switchscope.sho import fit_sho, sho_response
 from switchscope.loops import fit_loops, paper13

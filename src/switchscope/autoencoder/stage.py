@@ -47,19 +47,22 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import xarray as xr
 
 from .._baselines import compare, mean_loop_mse, pca_mse
 from .._context import RunContext
+from .._embedding import active_neurons
 from .._errors import DataError, DataWarning
 from .._grid import flatten, unflatten
-from .model import n_parameters
 from ..paper import PAPER_L1, PAPER_STEPS
 from ..preprocess import NormStats, normalize, stored_stats
-from .train import Autoencoder, AutoencoderConfig, active_neurons
+from ._options import AutoencoderConfig
+
+if TYPE_CHECKING:
+    from .train import Autoencoder
 
 __all__ = ["stage", "AutoencoderConfig"]
 
@@ -282,6 +285,9 @@ def _add_histories(out: xr.Dataset, histories: dict[str, tuple[list, tuple[int, 
 
 def _train(channel: str, Xn: np.ndarray, config: AutoencoderConfig, ctx: RunContext, folder: str | None = None,
            infer: Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]] | None = None):
+    from .model import n_parameters
+    from .train import Autoencoder  # torch: only where a network is trained
+
     folder = ctx.models / (folder or channel)
     ae = Autoencoder(config, channel=channel).fit(Xn, checkpoint_dir=folder, progress=ctx.progress)
     if infer is None:
@@ -364,7 +370,7 @@ def _network(state: dict[str, Any]) -> dict[str, Any]:
 
     from safetensors.torch import load
 
-    from .train import _load_state_dict, _resolve_device
+    from .train import Autoencoder, _load_state_dict, _resolve_device
 
     cfg = state["config"]
     ae = Autoencoder(cfg, channel=state["channel"])
