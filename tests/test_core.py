@@ -118,3 +118,40 @@ def test_config_presets_and_mapping(tmp_path):
 def test_dataset_is_xarray():
     ds = make_dataset({"phase": np.zeros((1, 1, 2))}, [0.0, 1.0])
     assert isinstance(ds, xr.Dataset) and ds["phase"].attrs["units"] == "deg"
+
+
+# -- threads, dtypes and devices without importing torch (switchscope._device) -------------------
+def test_thread_contexts_set_and_restore():
+    import numba
+    import torch
+
+    from switchscope._device import cpu_threads, numba_threads, torch_threads
+
+    n_before, t_before = numba.get_num_threads(), torch.get_num_threads()
+    with numba_threads(1):
+        assert numba.get_num_threads() == 1
+    with numba_threads():  # torch is loaded here: its setting is the default
+        assert numba.get_num_threads() == min(cpu_threads(), numba.config.NUMBA_NUM_THREADS)
+    with pytest.raises(RuntimeError), torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("restored even on an error")
+    assert (numba.get_num_threads(), torch.get_num_threads()) == (n_before, t_before)
+
+
+@pytest.mark.parametrize("given, name", [("float64", "float64"), ("float32", "float32"),
+                                         (np.float32, "float32"), (np.dtype("float64"), "float64")])
+def test_float_dtype_accepts_names_and_numpy(given, name):
+    import torch
+
+    from switchscope._device import float_dtype
+
+    assert float_dtype(given, "f") == name
+    assert float_dtype(getattr(torch, name), "f") == name
+
+
+@pytest.mark.parametrize("bad", ["float16", "int64", np.int32, None, "torch.float32x"])
+def test_float_dtype_refuses_others(bad):
+    from switchscope._device import float_dtype
+
+    with pytest.raises(ConfigError, match="dtype must be float32 or float64"):
+        float_dtype(bad, "f")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -72,6 +73,34 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def numba_threads(n: int | None = None):
+    """numba's kernels on ``n`` threads (default :func:`cpu_threads`; at most
+    ``NUMBA_NUM_THREADS``) for the duration, restored after."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(cpu_threads() if n is None else n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` for the duration, restored after (small batched
+    operations side by side on threads of their own, or on a loaded machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def is_tensor(x: Any) -> bool:
     """Whether ``x`` is a torch tensor (never imports torch: without it, nothing is a tensor)."""
     torch = sys.modules.get("torch")
@@ -84,7 +113,8 @@ def float_dtype(dtype: Any, what: str) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in ("float32", "float64"):
         try:
-            name = np.dtype(dtype).name if not isinstance(dtype, str) else name
+            # (numpy reads None as float64: refused here, not guessed)
+            name = np.dtype(dtype).name if dtype is not None and not isinstance(dtype, str) else name
         except TypeError:
             pass
     if name not in ("float32", "float64"):

@@ -347,6 +347,7 @@ def _two_step_fit_chunk(brs: tuple[Branch, Branch], X: np.ndarray, a: float, b: 
                         iterations: int) -> dict[str, np.ndarray]:
     import torch
 
+    from ._device import torch_threads
     from .fit import levenberg_marquardt
 
     n = X.shape[0]
@@ -391,14 +392,10 @@ def _two_step_fit_chunk(brs: tuple[Branch, Branch], X: np.ndarray, a: float, b: 
         args = (t(U), torch.as_tensor(np.concatenate([np.ones(us[0].size, bool), np.zeros(us[1].size, bool)])))
         # one intra-op thread (restored after): the batched ops are small (96 points a problem);
         # on 2 loaded cores a second thread took 1.3-6x the CPU time and no less wall time
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             p, _, _, _ = levenberg_marquardt(_TwoStepModel, t(P[go]), yt, wt, torch.arange(go.size),
                                              t(lower), t(upper), args=args, max_iter=max(int(iterations), 1))
             sse, A, _ = _TwoStepModel.normal(p, *args, yt, wt)
-        finally:
-            torch.set_num_threads(before)
         cov = np.linalg.pinv(A.numpy())
         dof = np.maximum(nf - 7, 1)
         se[go] = np.sqrt(np.maximum(cov[:, 3, 3] * sse.numpy() / dof, 0.0))

@@ -34,7 +34,8 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
-from ._device import cpu_threads, fit_device, float_dtype, inference_mode, is_tensor
+from ._device import (cpu_threads, fit_device, float_dtype, inference_mode, is_tensor, numba_threads,
+                      torch_threads)
 from ._errors import ConfigError, ConvergenceWarning, DataError, DataWarning
 from .fit._lm import (STATUS_CONSTANT, STATUS_FTOL, STATUS_MAXITER, STATUS_NONFINITE,
                       STATUS_TOO_FEW, STATUS_XTOL, levenberg_marquardt)
@@ -705,7 +706,7 @@ def fit_sho(spectra: Any, freq: Any, *, dtype: Any = "float64",
             for dst, src in zip(outs, res):
                 dst[a:a + y.shape[0]] = src
 
-        with _single_threaded_ops(workers > 1), \
+        with torch_threads(1) if workers > 1 else contextlib.nullcontext(), \
                 concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             for a in range(0, n, chunk):
                 b = min(a + chunk, n)
@@ -735,14 +736,10 @@ def _fit_numba(flat, f_np, order, chunk, max_iter, ftol, xtol, q_bounds, guess, 
                threads, outs) -> None:
     """The numba kernel over chunks of ``flat`` (n, n_freq), each converted to contiguous
     complex128 in ascending frequency order (bounds the extra memory to one chunk)."""
-    import numba
-
     from .fit import _sho_numba
 
     params, stderr, r2, status, n_iter, starts, source = outs
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with numba_threads(threads):
         for a in range(0, flat.shape[0], chunk):
             b = min(a + chunk, flat.shape[0])
             y = flat[a:b] if isinstance(flat, np.ndarray) else flat[a:b].cpu().numpy()
@@ -752,8 +749,6 @@ def _fit_numba(flat, f_np, order, chunk, max_iter, ftol, xtol, q_bounds, guess, 
                                  _sho_numba.GUESS_CODES[guess], max_iter, float(ftol),
                                  float(xtol), edge_tol, params[a:b], stderr[a:b], r2[a:b],
                                  status[a:b], n_iter[a:b], starts[a:b], source[a:b])
-    finally:
-        numba.set_num_threads(before)
     params[:, 3] = _wrap(params[:, 3])
     starts[:, 3] = _wrap(starts[:, 3])
 
@@ -773,22 +768,6 @@ def _triage(y: torch.Tensor):
     st = torch.where(spread <= 1e-12 * s, STATUS_CONSTANT, st)   # all zeros: 0 <= 0
     st = torch.where(nfin < 3, STATUS_TOO_FEW, st)
     return fin, s, st
-
-
-@contextlib.contextmanager
-def _single_threaded_ops(on: bool):
-    """torch's intra-op threads set to 1 for the duration (restored after)."""
-    import torch
-
-    if not on:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @inference_mode     # worker threads do not inherit the caller's mode

@@ -22,7 +22,6 @@ mark where this code must mirror the torch path.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -47,22 +46,6 @@ _JIT_ROWS = dict(cache=True, fastmath={"contract"}, error_model="numpy")
 # (no 'nnan'/'ninf': the callers test finiteness)
 _JIT_SUM = dict(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"},
                 error_model="numpy")
-
-
-@contextlib.contextmanager
-def numba_threads():
-    """Numba's kernels run with :func:`switchscope._device.cpu_threads` threads (torch's setting
-    when torch is loaded; restored after)."""
-    import numba
-
-    from .._device import cpu_threads
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(cpu_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 def layout(code: int) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
 from .._dataset import check_voltage
-from .._device import fit_device, float_dtype, inference_mode, is_tensor
+from .._device import fit_device, float_dtype, inference_mode, is_tensor, numba_threads
 from .._errors import ConfigError, ConvergenceWarning, DataError, DataWarning
 from .._grid import GRID_DIMS, flatten, unflatten
 from ._lm import (LAM0, STATUS_CONSTANT, STATUS_MAXITER, STATUS_MESSAGES, STATUS_NONFINITE,
@@ -554,7 +554,7 @@ def _fit_numba(mdl: LoopModel, S: np.ndarray, Yn: np.ndarray, Wn: np.ndarray, v:
     r2 = np.empty(n)
     status, n_iter = np.empty(n, np.int64), np.empty(n, np.int64)
     weighted = not bool(Wn.all())
-    with nb.numba_threads():
+    with numba_threads():
         for a in range(0, n, chunk_size):
             b = min(a + chunk_size, n)
             nb.fit_block(nb.MODEL_CODES[mdl.name], np.ascontiguousarray(S[a:b]),

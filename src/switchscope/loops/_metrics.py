@@ -153,12 +153,13 @@ def _loop_metrics_numba(model: LoopModel, params: np.ndarray, voltage: np.ndarra
                         nucleation_fraction: float, n_grid: int) -> dict[str, np.ndarray]:
     """:func:`loop_metrics` with the numba kernel (one pass per pixel, no dense-grid arrays;
     the same formulas, equal to the torch evaluation to rounding)."""
+    from .._device import numba_threads
     from ..fit import _loops_numba as nb
 
     v = np.asarray(voltage, dtype=float)
     grid = np.linspace(float(v.min()), float(v.max()), n_grid)
     out = np.empty((params.shape[0], len(METRICS)))
-    with nb.numba_threads():
+    with numba_threads():
         nb.metrics(nb.MODEL_CODES[model.name], np.ascontiguousarray(params), grid,
                    _trapezoid_weights(grid), float(nucleation_fraction), out)
     return {name: out[:, j].copy() for j, name in enumerate(METRICS)}

@@ -174,6 +174,7 @@ class LoopModel:
         return self._evaluate_numpy(params, voltage, descending, False)
 
     def _evaluate_compiled(self, params, voltage, descending) -> np.ndarray:
+        from .._device import numba_threads
         from ..fit import _loops_numba as nb
 
         v = np.asarray(voltage, dtype=float).ravel()
@@ -181,7 +182,7 @@ class LoopModel:
         p = np.ascontiguousarray(np.atleast_2d(np.asarray(params, dtype=float)))
         jd, ja = np.flatnonzero(d), np.flatnonzero(~d)
         f = np.empty((p.shape[0], v.size))
-        with nb.numba_threads():
+        with numba_threads():
             nb.curves(nb.MODEL_CODES[self.name], p, v[jd], v[ja], jd, ja, f)
         return f[0] if np.ndim(params) == 1 else f
 
